@@ -1,0 +1,7 @@
+"""``python -m lmfix`` (and ``torchrun -m lmfix``) runs the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

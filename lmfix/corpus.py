@@ -1,0 +1,365 @@
+"""The corpus stage: find the text, verify it, tokenize it once, cache the ids.
+
+``load("wikitext-2")`` returns the vocabulary and one int64 id tensor per split;
+the first call prepares and caches (a few seconds), later calls read the cache
+(well under a second). Known corpora are described by manifests in ``corpora/``;
+any directory with train/valid/test text works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, atomic
+from .errors import CorpusError
+from .tokenizers import TokenizerConfig, make_tokenizer, train_sentencepiece
+from .vocab import UNK, Vocab
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_FILES = {s: [f"{s}.txt", f"wiki.{s}.tokens", f"ptb.{s}.txt"] for s in SPLITS}
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST_DIR = PACKAGE_ROOT / "corpora"
+META = "meta.json"
+
+
+def cache_root() -> Path:
+    """Where downloaded and prepared corpora live: ``$LMFIX_CACHE`` or ``corpora/``."""
+    return Path(os.environ.get("LMFIX_CACHE") or MANIFEST_DIR)
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    files: list[str]
+    sha256: str = ""
+    tokens_sha256: str = ""  # of the whitespace-normalised text: matches hub copies too
+    lines: int | None = None
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    splits: dict[str, SplitSpec]
+    hub: dict = field(default_factory=dict)
+    vocab_size: int | None = None
+    description: str = ""
+
+
+def known_corpora() -> list[str]:
+    return sorted(p.stem for p in MANIFEST_DIR.glob("*.toml"))
+
+
+def load_manifest(name: str) -> Manifest | None:
+    path = MANIFEST_DIR / f"{name}.toml"
+    if not path.is_file():
+        return None
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return Manifest(
+            name=raw["name"],
+            splits={s: SplitSpec(**raw["splits"][s]) for s in SPLITS},
+            hub=raw.get("hub", {}),
+            vocab_size=raw.get("vocab_size"),
+            description=raw.get("description", ""),
+        )
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise CorpusError(f"corrupt manifest {path}: {exc}; restore it from git") from exc
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _split_files(directory: Path, manifest: Manifest | None) -> dict[str, Path] | None:
+    """The train/valid/test files in ``directory``, or None if it holds none of them."""
+    if not directory.is_dir():
+        return None
+    found: dict[str, Path] = {}
+    for split in SPLITS:
+        names = manifest.splits[split].files if manifest else DEFAULT_FILES[split]
+        for name in names:
+            if (directory / name).is_file():
+                found[split] = directory / name
+                break
+    if not found:
+        return None
+    missing = [s for s in SPLITS if s not in found]
+    if missing:
+        names = manifest.splits[missing[0]].files if manifest else DEFAULT_FILES[missing[0]]
+        raise CorpusError(
+            f"{directory} has no {missing[0]} split: add one of {', '.join(names)}"
+        )
+    return found
+
+
+def download_from_hub(manifest: Manifest, dest: Path) -> dict[str, Path]:
+    """Fetch the splits with ``datasets`` (one record per line) and cache them as text."""
+    hub = manifest.hub
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub["id"], hub["config"])
+    except Exception as exc:  # offline, hub errors, missing package: all mean "not here"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CorpusError(f"{type(exc).__name__}: {first}") from exc
+    with atomic.atomic_dir(dest) as tmp:
+        for split in SPLITS:
+            records = ds[hub["splits"][split]][hub.get("text_field", "text")]
+            name = manifest.splits[split].files[0]
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                f.writelines(r.rstrip("\n") + "\n" for r in records)
+    return {s: dest / manifest.splits[s].files[0] for s in SPLITS}
+
+
+def resolve(corpus: str, data_dir: str | os.PathLike | None = None) -> tuple[str, dict[str, Path], Manifest | None]:
+    """Find the split files of ``corpus`` (a known name or a directory).
+
+    Order for a known name: ``data_dir``, ``$LMFIX_CORPORA/NAME``, the cache
+    ``corpora/NAME/``, then the Hugging Face hub (written into the cache).
+    """
+    manifest = load_manifest(corpus)
+    if manifest is None:
+        path = Path(data_dir or corpus)
+        files = _split_files(path, None)
+        if files is None:
+            known = ", ".join(known_corpora())
+            raise CorpusError(
+                f"corpus {corpus!r} not found: it is neither a known corpus ({known}) nor a "
+                f"directory holding train.txt/valid.txt/test.txt"
+            )
+        return path.resolve().name, files, None
+
+    looked: list[str] = []
+    candidates: list[tuple[str, Path | None]] = [
+        ("--data-dir", Path(data_dir) if data_dir else None),
+        ("$LMFIX_CORPORA", Path(os.environ["LMFIX_CORPORA"]) / corpus if os.environ.get("LMFIX_CORPORA") else None),
+        ("cache", cache_root() / corpus),
+    ]
+    for label, path in candidates:
+        if path is None:
+            looked.append(f"{label} (not set)")
+            continue
+        files = _split_files(path, manifest)
+        if files is not None:
+            return corpus, files, manifest
+        looked.append(f"{label} {path} (no split files)")
+    if manifest.hub:
+        try:
+            return corpus, download_from_hub(manifest, cache_root() / corpus), manifest
+        except CorpusError as exc:
+            looked.append(f"hub {manifest.hub['id']}/{manifest.hub['config']} ({exc})")
+    raise CorpusError(
+        f"corpus {corpus!r} not found; looked in: {'; '.join(looked)}. Provide it with "
+        f"--data-dir DIR (holding train.txt valid.txt test.txt), set LMFIX_CORPORA to a folder "
+        f"containing {corpus}/, or go online so the datasets library can fetch it"
+    )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); convert it, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from exc
+
+
+def file_checksums(text: str, raw: bytes) -> tuple[str, str]:
+    """(sha256 of the bytes, sha256 of the whitespace-normalised lines)."""
+    norm = "\n".join(" ".join(line.split()) for line in text.splitlines())
+    return hashlib.sha256(raw).hexdigest(), hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def _verify(split: str, path: Path, text: str, spec: SplitSpec | None, verify: bool) -> None:
+    if spec is None:
+        return
+    if not (spec.sha256 or spec.tokens_sha256):
+        warnings.warn(f"no checksum for {split} in the manifest: {path} not verified", stacklevel=3)
+        return
+    sha, tok_sha = file_checksums(text, path.read_bytes())
+    if sha == spec.sha256 or tok_sha == spec.tokens_sha256:
+        return
+    if verify:
+        raise CorpusError(
+            f"checksum mismatch for {path} (sha256 {sha[:12]}..., expected {spec.sha256[:12]}...): "
+            f"the file is corrupt or a different version; re-download it, or pass --no-verify"
+        )
+    warnings.warn(f"checksum mismatch for {path} accepted because of --no-verify", stacklevel=3)
+
+
+# --------------------------------------------------------------------------- prepared corpus
+
+
+@dataclass
+class Corpus:
+    """A prepared corpus: vocabulary plus one int64 id array per split.
+
+    ``train``/``valid``/``test`` are torch tensors sharing memory with ``ids``;
+    torch is imported only when they are used, so ``lmfix prepare`` starts fast.
+    """
+
+    name: str
+    vocab: Vocab
+    ids: dict[str, np.ndarray]
+    tokenizer: TokenizerConfig
+    path: Path
+    stats: dict
+
+    def split(self, name: str):
+        """The ids of split ``name`` as an int64 torch tensor."""
+        if name not in SPLITS:
+            raise CorpusError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        import torch
+
+        return torch.from_numpy(self.ids[name])
+
+    @property
+    def train(self):
+        return self.split("train")
+
+    @property
+    def valid(self):
+        return self.split("valid")
+
+    @property
+    def test(self):
+        return self.split("test")
+
+    def lines(self, split: str = "train") -> list[list[str]]:
+        """The split as token lines (each ends in ``<eos>``), e.g. for word2vec."""
+        ids = self.ids[split]
+        ends = np.flatnonzero(ids == self.vocab.eos_id) + 1
+        itos = self.vocab.itos
+        return [[itos[i] for i in chunk] for chunk in np.split(ids, ends) if len(chunk)]
+
+
+def _source_stamp(files: dict[str, Path]) -> dict:
+    return {s: {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for s, p in files.items()}
+
+
+def prepared_dir(name: str, files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig) -> Path:
+    if manifest is None:  # a user directory: key the cache by its absolute path
+        digest = hashlib.sha256(str(files["train"].parent.resolve()).encode()).hexdigest()[:10]
+        name = f"{name}-{digest}"
+    return cache_root() / name / "prepared" / tok.key
+
+
+def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig, out: Path, verify: bool) -> dict:
+    texts: dict[str, list[str]] = {}
+    for split, path in files.items():
+        text = _read_text(path)
+        _verify(split, path, text, manifest.splits[split] if manifest else None, verify)
+        lines = text.splitlines()
+        if not any(line.strip() for line in lines):
+            raise CorpusError(f"the {split} split {path} is empty; it needs at least one line of text")
+        texts[split] = lines
+    if tok.kind == "spm":
+        train_sentencepiece(tok, files["train"], out)
+    tokenizer = make_tokenizer(tok, out)
+    tokens = {s: tokenizer.tokenize(lines) for s, lines in texts.items()}
+    vocab = Vocab.from_tokens((w for line in tokens["train"] for w in line), tokenizer.extra_types())
+    oov = {s: sum(w not in vocab.stoi for line in tokens[s] for w in line) for s in SPLITS}
+    if (oov["valid"] or oov["test"]) and vocab.unk_id is None:
+        vocab = Vocab.from_tokens((w for line in tokens["train"] for w in line), [*tokenizer.extra_types(), UNK])
+    vocab.save(out / "vocab.txt")
+    unk = vocab.unk_id if vocab.unk_id is not None else -1
+    stats = {"tokens": {}, "lines": {}, "oov": oov}
+    for split in SPLITS:
+        ids = np.fromiter(
+            (vocab.stoi.get(w, unk) for line in tokens[split] for w in line), dtype=np.int32
+        )
+        np.save(out / f"{split}.npy", ids)
+        stats["tokens"][split] = int(ids.size)
+        stats["lines"][split] = len(tokens[split])
+    stats["vocab_size"] = len(vocab)
+    return stats
+
+
+def prepare(
+    corpus: str = "wikitext-2",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tokenizer: TokenizerConfig | None = None,
+    verify: bool = True,
+    force: bool = False,
+) -> Corpus:
+    """Resolve, verify, tokenize and cache ``corpus``; reuse the cache when it is current."""
+    tok = tokenizer or TokenizerConfig()
+    name, files, manifest = resolve(corpus, data_dir)
+    out = prepared_dir(name, files, manifest, tok)
+    stamp = _source_stamp(files)
+    meta_path = out / META
+    cached = False
+    if not force and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            cached = meta.get("sources") == stamp and meta.get("tokenizer") == asdict(tok)
+        except (OSError, json.JSONDecodeError):
+            cached = False
+    if not cached:
+        t0 = time.perf_counter()
+        with atomic.atomic_dir(out) as tmp:
+            stats = _encode(files, manifest, tok, tmp, verify)
+            meta = {
+                "name": name,
+                "tokenizer": asdict(tok),
+                "sources": stamp,
+                "stats": stats,
+                "lmfix_version": __version__,
+                "prepare_seconds": round(time.perf_counter() - t0, 3),
+            }
+            atomic.write_text(tmp / META, json.dumps(meta, indent=2))
+    corpus_obj = _load_prepared(name, out, tok)
+    corpus_obj.stats["from_cache"] = cached
+    return corpus_obj
+
+
+def _load_prepared(name: str, out: Path, tok: TokenizerConfig) -> Corpus:
+    try:
+        meta = json.loads((out / META).read_text())
+        arrays = {s: np.load(out / f"{s}.npy").astype(np.int64) for s in SPLITS}
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"prepared corpus {out} is unreadable ({exc}); rerun with --force") from exc
+    vocab = Vocab.load(out / "vocab.txt")
+    stats = dict(meta["stats"], vocab_fingerprint=vocab.fingerprint)
+    return Corpus(name, vocab, arrays, tok, out, stats)
+
+
+def load(corpus: str = "wikitext-2", **kwargs) -> Corpus:
+    """The library entry point: a prepared corpus (prepared first if needed)."""
+    return prepare(corpus, **kwargs)
+
+
+def manifest_toml(files: dict[str, Path]) -> str:
+    """The ``[splits.*]`` block of a manifest for verified copies of ``files``."""
+    blocks = []
+    for split in SPLITS:
+        path = files[split]
+        text = _read_text(path)
+        sha, tok_sha = file_checksums(text, path.read_bytes())
+        lines = text.splitlines()
+        tokens = sum(len(line.split()) + 1 for line in lines)
+        blocks.append(
+            f'[splits.{split}]\nfiles = ["{path.name}"]\nsha256 = "{sha}"\n'
+            f'tokens_sha256 = "{tok_sha}"\nlines = {len(lines)}\ntokens = {tokens}\n'
+        )
+    return "\n".join(blocks)

@@ -1,0 +1,13 @@
+"""One exception type for every user-facing failure.
+
+The CLI turns an :class:`LmfixError` into a one-line message and exit code 2;
+library callers can catch it. Messages say what went wrong *and* what to do.
+"""
+
+
+class LmfixError(Exception):
+    """A failure caused by the user's input or environment, with a fix in its message."""
+
+
+class CorpusError(LmfixError):
+    """The corpus could not be found, verified, read or prepared."""
