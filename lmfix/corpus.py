@@ -253,7 +253,11 @@ class Corpus:
 
 
 def _source_stamp(files: dict[str, Path]) -> dict:
-    return {s: {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for s, p in files.items()}
+    stamps = {}
+    for split, path in files.items():
+        st = path.stat()
+        stamps[split] = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return stamps
 
 
 def prepared_dir(name: str, files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig) -> Path:

@@ -68,7 +68,7 @@ class Vocab:
 
     def save(self, path: Path) -> None:
         """One ``type<TAB>count`` per line; types never contain whitespace."""
-        atomic.write_text(path, "".join(f"{w}\t{c}\n" for w, c in zip(self.itos, self.counts)))
+        atomic.write_text(path, "".join(f"{w}\t{c}\n" for w, c in zip(self.itos, self.counts, strict=True)))
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
