@@ -1,0 +1,260 @@
+"""The corpus stage: resolution, verification, tokenization, caching and its errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmfix import corpus as corpus_mod
+from lmfix.cli import main
+from lmfix.corpus import load, manifest_toml, resolve
+from lmfix.errors import CorpusError
+from lmfix.tokenizers import TokenizerConfig
+from lmfix.vocab import EOS, Vocab
+
+from .conftest import write_tiny_corpus
+
+
+def test_word_tokenization_counts_eos_per_line_including_empty(tiny_corpus_dir: Path):
+    c = load(str(tiny_corpus_dir))
+    for split in ("train", "valid", "test"):
+        lines = (tiny_corpus_dir / f"{split}.txt").read_text().splitlines()
+        assert c.stats["tokens"][split] == sum(len(line.split()) + 1 for line in lines)
+        assert c.stats["lines"][split] == len(lines)
+        assert int((c.ids[split] == c.vocab.eos_id).sum()) == len(lines)
+    # Decoding the ids gives back the text, line by line.
+    first = (tiny_corpus_dir / "train.txt").read_text().splitlines()[:20]
+    assert [line[:-1] for line in c.lines("train")[:20]] == [line.split() for line in first]
+
+
+def test_vocab_is_frequency_sorted_and_stable(tiny_corpus_dir: Path):
+    c = load(str(tiny_corpus_dir))
+    counts = list(c.vocab.counts)
+    assert counts == sorted(counts, reverse=True)
+    tokens = [w for line in c.lines("train") for w in line]
+    assert sum(counts) == len(tokens)
+    # Ties keep first occurrence: rebuilding from the same stream gives the same order.
+    assert Vocab.from_tokens(tokens).itos == c.vocab.itos
+    assert Vocab.load(c.path / "vocab.txt") == c.vocab
+
+
+def test_second_load_reads_the_cache(tiny_corpus_dir: Path):
+    first = load(str(tiny_corpus_dir))
+    assert first.stats["from_cache"] is False
+    second = load(str(tiny_corpus_dir))
+    assert second.stats["from_cache"] is True
+    assert second.vocab.fingerprint == first.vocab.fingerprint
+    assert np.array_equal(second.ids["test"], first.ids["test"])
+    # Editing a source invalidates the cache.
+    with open(tiny_corpus_dir / "valid.txt", "a") as f:
+        f.write(" w1 w2\n")
+    third = load(str(tiny_corpus_dir))
+    assert third.stats["from_cache"] is False
+    assert third.stats["tokens"]["valid"] == first.stats["tokens"]["valid"] + 3
+
+
+def test_wikitext_file_names_and_oov_map_to_unk(tmp_path: Path):
+    d = tmp_path / "wt"
+    d.mkdir()
+    (d / "wiki.train.tokens").write_text(" a b c\n a b\n")
+    (d / "wiki.valid.tokens").write_text(" a zzz\n")
+    (d / "wiki.test.tokens").write_text(" b yyy xxx\n")
+    c = load(str(d))
+    assert c.stats["oov"] == {"train": 0, "valid": 1, "test": 2}
+    assert c.vocab.unk_id is not None and c.vocab.counts[c.vocab.unk_id] == 0
+    assert c.ids["test"].tolist() == [c.vocab.stoi["b"], c.vocab.unk_id, c.vocab.unk_id, c.vocab.eos_id]
+
+
+def test_sentencepiece_tokenizer(tiny_corpus_dir: Path):
+    tok = TokenizerConfig("spm", vocab_size=40, spm_type="bpe")
+    c = load(str(tiny_corpus_dir), tokenizer=tok)
+    assert (c.path / "spm.model").is_file()
+    assert c.path.name == "spm-bpe-40"
+    # Every model piece has a row, plus <eos>; each line ends in <eos>.
+    assert len(c.vocab) == 41
+    assert EOS in c.vocab.stoi
+    lines = (tiny_corpus_dir / "train.txt").read_text().splitlines()
+    assert c.stats["lines"]["train"] == len(lines)
+    assert load(str(tiny_corpus_dir), tokenizer=tok).stats["from_cache"] is True
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: (d / "test.txt").unlink(), "has no test split"),
+        (lambda d: (d / "valid.txt").write_text("\n \n"), "valid split"),
+        (lambda d: (d / "train.txt").write_bytes(b"caf\xe9 au lait\n"), "not UTF-8"),
+    ],
+)
+def test_bad_corpus_directories(tiny_corpus_dir: Path, setup, message: str):
+    setup(tiny_corpus_dir)
+    with pytest.raises(CorpusError, match=message):
+        load(str(tiny_corpus_dir))
+    # Nothing half-written in the cache.
+    assert not list(Path(corpus_mod.cache_root()).rglob("*.npy"))
+
+
+def test_bad_tokenizer_settings(tiny_corpus_dir: Path):
+    with pytest.raises(CorpusError, match="unknown tokenizer"):
+        TokenizerConfig("chars")
+    with pytest.raises(CorpusError, match="--vocab-size"):
+        TokenizerConfig("spm")
+    with pytest.raises(CorpusError, match="smaller --vocab-size"):
+        load(str(tiny_corpus_dir), tokenizer=TokenizerConfig("spm", vocab_size=5000))
+    assert not list(Path(corpus_mod.cache_root()).rglob("vocab.txt"))
+
+
+# --------------------------------------------------------------------------- manifests and the hub
+
+
+@pytest.fixture
+def fake_manifest(tmp_path: Path, monkeypatch, tiny_corpus_dir: Path) -> Path:
+    """A manifest 'toy' whose checksums match ``tiny_corpus_dir``, in a private manifest dir."""
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    files = resolve(str(tiny_corpus_dir))[1]
+    header = (
+        'name = "toy"\n[hub]\nid = "someone/toy"\nconfig = "toy-v1"\ntext_field = "text"\n'
+        'splits = { train = "train", valid = "validation", test = "test" }\n\n'
+    )
+    (mdir / "toy.toml").write_text(header + manifest_toml(files))
+    monkeypatch.setattr(corpus_mod, "MANIFEST_DIR", mdir)
+    monkeypatch.delenv("LMFIX_CORPORA", raising=False)
+    return tiny_corpus_dir
+
+
+def test_known_corpus_resolution_order(fake_manifest: Path, tmp_path: Path, monkeypatch):
+    root = tmp_path / "shared"
+    shutil.copytree(fake_manifest, root / "toy")
+    monkeypatch.setenv("LMFIX_CORPORA", str(root))
+    assert resolve("toy")[1]["train"] == root / "toy" / "train.txt"
+    assert resolve("toy", data_dir=fake_manifest)[1]["train"] == fake_manifest / "train.txt"
+
+
+def test_checksum_mismatch_is_an_error_unless_no_verify(fake_manifest: Path):
+    with open(fake_manifest / "test.txt", "a") as f:
+        f.write(" w1 extra\n")
+    with pytest.raises(CorpusError, match="checksum mismatch.*--no-verify"):
+        load("toy", data_dir=fake_manifest)
+    with pytest.warns(UserWarning, match="accepted because of --no-verify"):
+        c = load("toy", data_dir=fake_manifest, verify=False)
+    assert c.stats["tokens"]["test"] > 0
+
+
+def _stand_in_hub(directory: Path):
+    """A local stand-in for the hub: a real DatasetDict with one record per line, hub-style.
+
+    The hub's records differ from the files in whitespace (blank lines are ''),
+    which the whitespace-normalised checksum accepts.
+    """
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        parts = {}
+        for split, hub_split in (("train", "train"), ("valid", "validation"), ("test", "test")):
+            lines = (directory / f"{split}.txt").read_text().splitlines()
+            parts[hub_split] = datasets.Dataset.from_dict({"text": [ln + "\n" if ln.strip() else "" for ln in lines]})
+        return datasets.DatasetDict(parts)
+
+    return load_dataset, calls
+
+
+def test_hub_download_into_cache(fake_manifest: Path, monkeypatch):
+    import datasets
+
+    stand_in, calls = _stand_in_hub(fake_manifest)
+    monkeypatch.setattr(datasets, "load_dataset", stand_in)
+    c = load("toy")
+    assert calls == [("someone/toy", "toy-v1")]
+    cached = corpus_mod.cache_root() / "toy" / "train.txt"
+    assert cached.is_file()
+    expected = load(str(fake_manifest))
+    assert c.stats["tokens"] == expected.stats["tokens"]
+    assert c.vocab == expected.vocab
+    # Offline now: the cached copy is used, no second hub call.
+    assert load("toy").stats["from_cache"] is True and len(calls) == 1
+
+
+def test_offline_and_not_found_says_where_it_looked(fake_manifest: Path, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/toy' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(CorpusError) as err:
+        load("toy")
+    msg = str(err.value)
+    assert "--data-dir" in msg and "LMFIX_CORPORA" in msg and "someone/toy" in msg
+    assert "\n" not in msg
+    assert not (corpus_mod.cache_root() / "toy").exists()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_prepare_prints_summary(tiny_corpus_dir: Path, capsys):
+    assert main(["prepare", str(tiny_corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    c = load(str(tiny_corpus_dir))
+    assert f"{c.stats['tokens']['train']:,} tokens" in out
+    assert f"{len(c.vocab):,} types" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prepare", "no-such-corpus"], "not found"),
+        (["prepare", "{tiny}", "--tokenizer", "chars"], "unknown tokenizer"),
+        (["prepare", "{tiny}", "--tokenizer", "spm", "--vocab-size", "100000"], "smaller --vocab-size"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(tiny_corpus_dir: Path, capsys, argv, message):
+    argv = [a.replace("{tiny}", str(tiny_corpus_dir)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lmfix: error:") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_rejects_bad_flag_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "x", "--vocab-size", "-3"])
+    assert exc.value.code == 2
+
+
+def test_print_manifest_matches_shipped_wikitext2(wikitext2_dir: Path, capsys):
+    assert main(["prepare", str(wikitext2_dir), "--print-manifest"]) == 0
+    out = capsys.readouterr().out
+    shipped = (corpus_mod.MANIFEST_DIR / "wikitext-2.toml").read_text()
+    for line in out.splitlines():
+        if line.startswith(("sha256", "tokens_sha256", "lines", "tokens")):
+            assert line in shipped
+
+
+# --------------------------------------------------------------------------- real WikiText-2
+
+
+@pytest.mark.integration
+def test_wikitext2_counts(wikitext2_dir: Path, monkeypatch, capsys):
+    monkeypatch.setenv("LMFIX_CORPORA", str(wikitext2_dir.parent))
+    assert main(["prepare", "wikitext-2"]) == 0
+    out = capsys.readouterr().out
+    for text in ("2,088,628 tokens", "217,646 tokens", "245,569 tokens", "33,278 types"):
+        assert text in out
+    c = load("wikitext-2")
+    assert c.stats["from_cache"] is True
+    assert c.vocab.itos[:3] == ("the", ",", ".")
+    assert c.stats["oov"] == {"train": 0, "valid": 0, "test": 0}
+    meta = json.loads((c.path / "meta.json").read_text())
+    assert meta["sources"]["train"]["size"] == 10_797_148
+    assert hashlib.sha256((wikitext2_dir / "train.txt").read_bytes()).hexdigest().startswith("9e9fa1ad")
+
