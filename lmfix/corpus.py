@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -103,9 +105,28 @@ def _split_files(directory: Path, manifest: Manifest | None) -> dict[str, Path] 
     return found
 
 
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached, checked in milliseconds (``datasets`` retries for ~25 s).
+
+    With ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, ``datasets`` reads its own local
+    cache, so that is left to it.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"offline: cannot resolve {host}"
+    return None
+
+
 def download_from_hub(manifest: Manifest, dest: Path) -> dict[str, Path]:
     """Fetch the splits with ``datasets`` (one record per line) and cache them as text."""
     hub = manifest.hub
+    reason = hub_offline_reason()
+    if reason:
+        raise CorpusError(reason)
     try:
         import datasets
 

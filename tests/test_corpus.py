@@ -172,6 +172,7 @@ def test_hub_download_into_cache(fake_manifest: Path, monkeypatch):
 
     stand_in, calls = _stand_in_hub(fake_manifest)
     monkeypatch.setattr(datasets, "load_dataset", stand_in)
+    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: None)
     c = load("toy")
     assert calls == [("someone/toy", "toy-v1")]
     cached = corpus_mod.cache_root() / "toy" / "train.txt"
@@ -190,12 +191,20 @@ def test_offline_and_not_found_says_where_it_looked(fake_manifest: Path, monkeyp
         raise ConnectionError("Couldn't reach 'someone/toy' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: None)
     with pytest.raises(CorpusError) as err:
         load("toy")
     msg = str(err.value)
     assert "--data-dir" in msg and "LMFIX_CORPORA" in msg and "someone/toy" in msg
     assert "\n" not in msg
     assert not (corpus_mod.cache_root() / "toy").exists()
+
+
+def test_offline_is_detected_without_waiting_for_retries(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://no-such-host.invalid")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert corpus_mod.hub_offline_reason() == "offline: cannot resolve no-such-host.invalid"
 
 
 # --------------------------------------------------------------------------- CLI
