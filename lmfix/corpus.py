@@ -55,6 +55,7 @@ class Manifest:
     name: str
     splits: dict[str, SplitSpec]
     hub: dict = field(default_factory=dict)
+    gensim: dict = field(default_factory=dict)
     vocab_size: int | None = None
     description: str = ""
 
@@ -73,6 +74,7 @@ def load_manifest(name: str) -> Manifest | None:
             name=raw["name"],
             splits={s: SplitSpec(**raw["splits"][s]) for s in SPLITS},
             hub=raw.get("hub", {}),
+            gensim=raw.get("gensim", {}),
             vocab_size=raw.get("vocab_size"),
             description=raw.get("description", ""),
         )
@@ -143,11 +145,28 @@ def download_from_hub(manifest: Manifest, dest: Path) -> dict[str, Path]:
     return {s: dest / manifest.splits[s].files[0] for s in SPLITS}
 
 
+def copy_from_gensim(manifest: Manifest, dest: Path) -> dict[str, Path]:
+    """Cut the splits out of a file that gensim ships in its test data (offline smoke corpora)."""
+    from gensim.test.utils import datapath
+
+    with atomic.atomic_dir(dest) as tmp:
+        for split in SPLITS:
+            spec = manifest.gensim[split]
+            raw = Path(datapath(spec["file"])).read_bytes()
+            lines = raw.decode(spec.get("encoding", "utf-8")).splitlines()
+            start, stop = spec.get("lines", [0, len(lines)])
+            (tmp / manifest.splits[split].files[0]).write_text(
+                "".join(line + "\n" for line in lines[start:stop]), encoding="utf-8"
+            )
+    return {s: dest / manifest.splits[s].files[0] for s in SPLITS}
+
+
 def resolve(corpus: str, data_dir: str | os.PathLike | None = None) -> tuple[str, dict[str, Path], Manifest | None]:
     """Find the split files of ``corpus`` (a known name or a directory).
 
     Order for a known name: ``data_dir``, ``$LMFIX_CORPORA/NAME``, the cache
-    ``corpora/NAME/``, then the Hugging Face hub (written into the cache).
+    ``corpora/NAME/``, then the Hugging Face hub or, for the smoke corpus, gensim's
+    test data (either written into the cache).
     """
     manifest = load_manifest(corpus)
     if manifest is None:
@@ -175,6 +194,8 @@ def resolve(corpus: str, data_dir: str | os.PathLike | None = None) -> tuple[str
         if files is not None:
             return corpus, files, manifest
         looked.append(f"{label} {path} (no split files)")
+    if manifest.gensim:
+        return corpus, copy_from_gensim(manifest, cache_root() / corpus), manifest
     if manifest.hub:
         try:
             return corpus, download_from_hub(manifest, cache_root() / corpus), manifest

@@ -267,3 +267,10 @@ def test_wikitext2_counts(wikitext2_dir: Path, monkeypatch, capsys):
     assert meta["sources"]["train"]["size"] == 10_797_148
     assert hashlib.sha256((wikitext2_dir / "train.txt").read_bytes()).hexdigest().startswith("9e9fa1ad")
 
+
+
+def test_gensim_lee_smoke_corpus_is_cut_from_gensim_test_data():
+    c = load("gensim-lee")
+    assert c.stats["tokens"] == {"train": 60190, "valid": 2151, "test": 1882}
+    assert (corpus_mod.cache_root() / "gensim-lee" / "valid.txt").read_text().isascii() is False
+    assert c.vocab.unk_id is not None  # valid/test words unseen in train map to <unk>
