@@ -94,10 +94,331 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         add(bench_sub)
 
 
+# --------------------------------------------------------------------------- train, evaluate, compare, generate
+
+# Corpus settings come from add_corpus_flags; the other TrainConfig fields become --flags.
+_CORPUS_FIELDS = ("data_dir", "tokenizer", "vocab_size", "spm_type", "verify")
+
+
+def _count(text: str) -> int:
+    """Token counts: 500000, 500k, 2M, 1.5e6."""
+    scale = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count like 500000, 500k or 2M") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return int(value)
+
+
+def _duration(text: str) -> float:
+    """Durations in seconds: 90, 90s, 10m, 1.5h."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 2h") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from .train_config import HELP, TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train an LSTM language model with a learned or fixed E",
+        description="Train into RUNS_DIR/NAME (config.toml, checkpoints, metrics.jsonl). Under torchrun "
+        "(torchrun --nproc-per-node N -m lmfix train ...) it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--name", help="run name (default: the --embed variant)")
+    p.add_argument("--runs-dir", default="runs", help="where runs live (default: runs)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_corpus_flags(p)
+    types = {"max_tokens": _count, "time_budget": _duration}
+    for f in fields(TrainConfig):
+        if f.name in _CORPUS_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{HELP[f.name]} (default: {'on' if f.default else 'off'})")
+        else:
+            default = "see below" if f.name == "lr" else f.default
+            p.add_argument(flag, type=types.get(f.name, type(f.default)), default=None, metavar=f.name.upper(),
+                           help=f"{HELP[f.name]} (default: {default})")
+    p.set_defaults(func=cmd_train)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """TrainConfig fields the user set on the command line (so a resume can tell what changed)."""
+    from dataclasses import fields
+
+    from .train_config import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in _CORPUS_FIELDS}
+    given = {k: v for k, v in given.items() if v is not None}
+    corpus = {"data_dir": args.data_dir or "", "tokenizer": args.tokenizer, "vocab_size": args.vocab_size or 0,
+              "spm_type": args.spm_type, "verify": not args.no_verify}
+    defaults = TrainConfig.__dataclass_fields__
+    given.update({k: v for k, v in corpus.items() if v != defaults[k].default})
+    return given
+
+
+class _TrainProgress:
+    """Draws training events: a header, a tqdm bar (tokens, tok/s, ETA, loss, ppl, lr), validation lines."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, event) -> None:
+        import math
+
+        from tqdm import tqdm
+
+        if event.kind == "start":
+            for line in _run_header(event.info):
+                print(line, file=sys.stderr)
+            self.bar = tqdm(total=event.total_tokens or None, initial=event.tokens, unit="tok", unit_scale=True,
+                            disable=not self.enabled, dynamic_ncols=True, smoothing=0.05, desc="train")
+        elif event.kind == "step":
+            self.bar.update(event.tokens - self.bar.n)
+            self.bar.set_postfix_str(
+                f"loss {event.loss:.3f} ppl {math.exp(min(event.loss, 700)):,.1f} lr {event.lr:.3g}", refresh=False)
+        elif event.kind == "valid":
+            self.bar.write(f"step {event.step:,} | {event.tokens:,} tokens | valid ppl {event.valid_ppl:,.2f} "
+                           f"| lr {event.lr:.3g}", file=sys.stderr)
+        elif event.kind == "end":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run_header(info: dict) -> list[str]:
+    c = info["counts"]
+    emb = info["embedding"]
+    source = f", fixed E from artifact {emb['id']} ({emb['method']})" if emb else ""
+    lines = [
+        f"device {info['device']} x{info['world_size']}, vocabulary {info['vocab_size']:,}, "
+        f"{info['tokens_per_epoch']:,} tokens/epoch{source}"
+        + (" (resumed)" if info["resumed"] else ""),
+        f"parameters: trainable {c.trainable:,} | fixed {c.fixed:,} | generated {c.generated:,} | "
+        f"total {c.total:,}",
+    ]
+    if c.trainable < c.total:
+        lines.append(f"  {1 - c.trainable / c.total:.1%} of the model's {c.total:,} parameters are not trained "
+                     f"({c.stored:,} stored)")
+    lines.append(f"gradients per step: {info['grad_bytes_per_step'] / 2**20:,.1f} MiB")
+    return lines
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from .train import train
+    from .train_config import TrainConfig, resume_config
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = resume_config(run_dir, overrides)
+    else:
+        config = TrainConfig.from_dict(overrides)
+        run_dir = Path(args.runs_dir) / (args.name or config.embed)
+    progress = _TrainProgress(enabled=not args.no_progress)
+    try:
+        result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)
+    finally:
+        progress.close()
+    if os.environ.get("RANK", "0") != "0":
+        return
+    print(f"{run_dir}: {result.steps:,} steps, {result.tokens:,} tokens, {result.epochs} epochs "
+          f"(stopped: {result.stop_reason}); best valid ppl {result.best_valid_ppl:,.2f}; "
+          f"{result.train_tokens_per_second:,.0f} train tok/s; wall {result.wall_seconds:,.0f}s")
+    if result.sync_bytes_per_step is not None:
+        print(f"gradient all-reduce: {result.sync_bytes_per_step / 2**20:,.2f} MiB/step over "
+              f"{result.world_size} processes (frozen matrices are not synchronized)")
+    print(f"next: lmfix evaluate {run_dir}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="perplexity of trained runs on valid or test (writes eval.json)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", help="valid or test (default: test)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="default 1 for test (as AWD-LSTM: each token sees its whole history), the run's "
+                   "--eval-batch-size for valid")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    for run in args.runs:
+        r = evaluate_run(run, args.split, args.batch_size, args.device)
+        print(f"{run}: {r['split']} ppl {r['ppl']:.2f} (loss {r['loss']:.4f}, {r['tokens']:,} tokens, batch size "
+              f"{r['batch_size']}, bptt {r['bptt']}, {r['tokens_per_second']:,.0f} tok/s, step {r['step']:,})")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .report import compare_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent / "compare"
+    table, plots = compare_runs([Path(r) for r in args.runs], out)
+    print(table)
+    print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--words", type=_positive_int, default=100, help="tokens to sample (default: 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: 1.0)")
+    p.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
+    p.add_argument("--prompt", default="", help="text to continue, in the corpus's tokens")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import generate
+
+    print(generate(args.run, args.words, args.temperature, args.seed, args.prompt, args.device))
+
+
+def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "train", help="training tokens/s: lmfix models vs plain PyTorch",
+        description="Defaults: WikiText-2 vocabulary, 2-layer 512/512 LSTM, batch 20, bptt 35; variants plain, "
+        "learned, orthogonal, hadamard timed round-robin (5 rounds x 4 steps after 2 warm-up steps).",
+    )
+    p.add_argument("--corpus", help="corpus whose vocabulary and text are used")
+    for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
+        p.add_argument("--" + name.replace("_", "-"), type=_positive_int)
+    p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_train)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    import json
+
+    from . import atomic
+    from .bench_train import BenchTrainConfig, bench_train
+
+    names = ("corpus", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.variants:
+        given["variants"] = tuple(args.variants.split(","))
+    cfg = BenchTrainConfig(**given)
+    result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
+    print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
+          f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}")
+    print(f"{'variant':<12} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
+    for name, r in result["variants"].items():
+        print(f"{name:<12} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
+              f"{r['max_step_ms']:>8,.1f} {r['steps']:>6}")
+    for name, ratio in result["ratios"].items():
+        print(f"{name}: {ratio:.2f}x")
+    if args.json:
+        atomic.write_text(args.json, json.dumps(result, indent=2))
+
+
+BENCH_COMMANDS.append(_add_bench_train)
+
+
+# --------------------------------------------------------------------------- run, demo
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run a recipe: corpus, embeddings, every variant's training and evaluation, report",
+        description="Finished variants are skipped, interrupted ones resumed; the report (report.md, "
+        "compare.md, plots) goes to the recipe's output directory.",
+    )
+    p.add_argument("recipe", help="a recipe directory (recipes/wt2-cpu) or one variant file in it")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    p.add_argument("--output", help="output directory (default: the recipe's, e.g. runs/wt2-cpu)")
+    p.add_argument("--max-tokens", type=_count, help="override every variant's training-token budget")
+    p.add_argument("--device", help="override the device (auto, cpu, cuda)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+
+def _run_recipe(recipe, overrides: dict, output, progress: bool) -> None:
+    """Run ``recipe`` printing its steps, then the table and where the report is."""
+    from .recipe import run_recipe
+
+    bar = _TrainProgress(enabled=progress)
+
+    def on_event(event) -> None:
+        print(f"[{recipe.name}/{event.variant}] {event.kind} {event.detail}", file=sys.stderr)
+
+    try:
+        result = run_recipe(recipe, output=output, overrides=overrides, on_event=on_event, train_callback=bar)
+    finally:
+        bar.close()
+    print(result.table)
+    print(f"report: {result.report}")
+    for plot in result.plots:
+        print(f"plot:   {plot}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe).select(args.only)
+    overrides = {k: v for k, v in (("max_tokens", args.max_tokens), ("device", args.device)) if v is not None}
+    _run_recipe(recipe, overrides, Path(args.output) if args.output else None, not args.no_progress)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="a few minutes' comparison of learned vs fixed embeddings (make demo)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .recipe import demo_recipe
+
+    recipe, overrides, output, missing = demo_recipe()
+    if missing:
+        print(f"lmfix demo: WikiText-2 not available ({missing})", file=sys.stderr)
+        print("lmfix demo: running the smoke recipe on gensim's Lee corpus instead", file=sys.stderr)
+    else:
+        names = ", ".join(v.name for v in recipe.variants)
+        print(f"lmfix demo: {recipe.name} recipe, variants {names}, {overrides['max_tokens']:,} training "
+              f"tokens each (the full comparison: lmfix run recipes/wt2-cpu)", file=sys.stderr)
+    _run_recipe(recipe, overrides, output, not args.no_progress)
+
+
 # --------------------------------------------------------------------------- main
 
 # Order is the order of `lmfix --help`.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_bench]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare, _add_train, _add_evaluate, _add_compare, _add_generate, _add_run, _add_demo, _add_bench
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,149 @@
+"""``lmfix bench train``: training tokens/s of lmfix's models against a plain PyTorch LSTM LM.
+
+All variants are timed in one process, round-robin (a few steps of each per
+round), so load from other processes hits them alike; medians are reported.
+``plain`` is pytorch/examples' model with nothing extra (nn.Embedding +
+nn.LSTM + tied nn.Linear, SGD with clipping); the lmfix variants run
+``Trainer.train_step``, i.e. exactly what ``lmfix train`` does per step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import BPTTStream, batchify
+from .train import Dist, Trainer
+from .train_config import TrainConfig
+
+VARIANTS = ("plain", "learned", "orthogonal", "hadamard")
+
+
+@dataclass
+class BenchTrainConfig:
+    corpus: str = "wikitext-2"
+    emsize: int = 512
+    nhid: int = 512
+    nlayers: int = 2
+    batch_size: int = 20
+    bptt: int = 35
+    rounds: int = 5
+    steps: int = 4  # timed steps per variant per round
+    warmup: int = 2
+    variants: tuple[str, ...] = VARIANTS
+
+
+class PlainLSTM(nn.Module):
+    """pytorch/examples word_language_model, tied, without dropout: the reference implementation."""
+
+    def __init__(self, vocab_size: int, emsize: int, nhid: int, nlayers: int) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab_size, emsize)
+        self.rnn = nn.LSTM(emsize, nhid, nlayers)
+        self.decoder = nn.Linear(nhid, vocab_size)
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, x: torch.Tensor, hidden):
+        output, hidden = self.rnn(self.encoder(x), hidden)
+        return self.decoder(output), hidden
+
+
+def _windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    stream = BPTTStream(data, bptt)
+    while True:
+        yield from stream
+
+
+def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int) -> Callable[[], None]:
+    model = PlainLSTM(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=20.0)
+    windows = _windows(data, cfg.bptt)
+    state = {"hidden": None}
+
+    def step() -> None:
+        x, y = next(windows)
+        hidden = state["hidden"]
+        if hidden is not None:
+            hidden = tuple(h.detach() for h in hidden)
+        logits, state["hidden"] = model(x, hidden)
+        loss = F.cross_entropy(logits.view(-1, vocab_size), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        optimizer.step()
+
+    return step
+
+
+def _lmfix_stepper(cfg: BenchTrainConfig, embed: str, run_dir: Path) -> Callable[[], None]:
+    config = TrainConfig(
+        corpus=cfg.corpus, embed=embed, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
+        dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt, device="cpu",
+    )
+    trainer = Trainer(config, run_dir, Dist(), torch.device("cpu"), lambda event: None)
+    trainer.hidden = trainer.model.init_hidden(cfg.batch_size)
+    windows = _windows(trainer.stream.data, cfg.bptt)
+    return lambda: trainer.train_step(*next(windows))
+
+
+def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Median training tokens/s per variant and the ratios the speed targets are stated in."""
+    unknown = sorted(set(cfg.variants) - set(VARIANTS))
+    if unknown:
+        from .train_config import ConfigError
+
+        raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    from .variants import load_corpus
+
+    corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
+    vocab_size = len(corpus.vocab)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp:
+        steppers = {}
+        for name in cfg.variants:
+            progress(f"building {name}")
+            if name == "plain":
+                steppers[name] = _plain_stepper(cfg, batchify(corpus.train, cfg.batch_size), vocab_size)
+            else:
+                steppers[name] = _lmfix_stepper(cfg, name, Path(tmp))
+        for step in steppers.values():
+            for _ in range(cfg.warmup):
+                step()
+        samples: dict[str, list[float]] = {name: [] for name in steppers}
+        for r in range(cfg.rounds):
+            for name, step in steppers.items():
+                for _ in range(cfg.steps):
+                    start = time.perf_counter()
+                    step()
+                    samples[name].append(time.perf_counter() - start)
+            progress(f"round {r + 1}/{cfg.rounds}: " + ", ".join(
+                f"{n} {_tok_s(cfg, s):,.0f} tok/s" for n, s in samples.items()))
+    tokens = cfg.batch_size * cfg.bptt
+    results = {
+        name: {"median_tok_s": _tok_s(cfg, s), "median_step_ms": 1000 * statistics.median(s),
+               "min_step_ms": 1000 * min(s), "max_step_ms": 1000 * max(s), "steps": len(s)}
+        for name, s in samples.items()
+    }
+    speed = {name: r["median_tok_s"] for name, r in results.items()}
+    ratios = {}
+    if "learned" in speed and "plain" in speed:
+        ratios["learned / plain"] = speed["learned"] / speed["plain"]
+    for fixed in ("orthogonal", "hadamard"):
+        if fixed in speed and "learned" in speed:
+            ratios[f"{fixed} / learned"] = speed[fixed] / speed["learned"]
+    return {
+        "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "variants": results, "ratios": ratios,
+    }
+
+
+def _tok_s(cfg: BenchTrainConfig, seconds: list[float]) -> float:
+    return cfg.batch_size * cfg.bptt / statistics.median(seconds)

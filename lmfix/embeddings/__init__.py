@@ -1,0 +1,116 @@
+"""Fixed embedding/classifier matrices, built once before training and stored as artifacts.
+
+    from lmfix.embeddings import get_or_build, load_artifact
+    art = get_or_build("pmi", corpus, dim=512)        # built, or reused from the cache
+    art.matrix                                        # float32 V x d, row i = corpus.vocab.itos[i]
+    art = load_artifact("pmi.npz", vocab=corpus.vocab)  # refuses another vocabulary's matrix
+
+Methods (``METHODS``): ``orthogonal``, ``word2vec``, ``pmi``, ``hadamard``; each
+takes the options of its config dataclass as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .. import __version__
+from ..corpus import Corpus
+from . import hadamard, orthogonal, pmi, word2vec
+from .artifact import EmbeddingArtifact, EmbeddingError, cache_dir, canonical_json, load_artifact
+from .base import Built, make_config, peak_rss_bytes, require, split_options
+
+__all__ = [
+    "METHODS", "EmbeddingArtifact", "EmbeddingError", "Method", "build", "cache_path", "get_or_build",
+    "load_artifact",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered builder: its options are the fields of ``config``."""
+
+    name: str
+    config: type
+    builder: Callable[[Corpus, int, int, object], Built]
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("orthogonal", orthogonal.OrthogonalConfig, orthogonal.build,
+               "random orthogonal columns (QR of a seeded Gaussian)"),
+        Method("word2vec", word2vec.Word2VecConfig, word2vec.build, "gensim word2vec on the training split"),
+        Method("pmi", pmi.PMIConfig, pmi.build, "positive PMI of windowed co-occurrences, truncated SVD"),
+        Method("hadamard", hadamard.HadamardConfig, hadamard.build,
+               "+-1/sqrt(d) Hadamard rows, generated (nothing stored)"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    require(name in METHODS, f"unknown embedding method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _check_dim(dim: int) -> None:
+    require(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1,
+            f"--dim must be a positive integer, got {dim!r}")
+
+
+def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> EmbeddingArtifact:
+    """Build a V x d embedding for ``corpus``'s vocabulary (not saved; see ``EmbeddingArtifact.save``)."""
+    spec = get_method(method)
+    _check_dim(dim)
+    cfg = make_config(spec.config, method, options)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    built = spec.builder(corpus, dim, seed, cfg)
+    seconds = time.perf_counter() - t0
+    values, runtime_values = split_options(cfg)
+    return EmbeddingArtifact(
+        method=method, dim=dim, seed=seed, options=values, vocab=corpus.vocab, corpus=corpus.name,
+        matrix=built.matrix, hadamard=built.hadamard,
+        build={
+            "lmfix_version": __version__,
+            "built_at": started.isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "runtime_options": runtime_values,
+            "notes": built.notes,
+        },
+    )
+
+
+def cache_path(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Path:
+    """Cache file for these settings: keyed by corpus, vocabulary, training text, method, dim, seed, options."""
+    spec = get_method(method)
+    _check_dim(dim)
+    values, _ = split_options(make_config(spec.config, method, options))
+    text = hashlib.sha256(corpus.ids["train"].tobytes()).hexdigest()
+    key = canonical_json({"method": method, "dim": dim, "seed": seed, "options": values, "train": text})
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / corpus.name / corpus.vocab.fingerprint[:12] / f"{method}-d{dim}-s{seed}-{digest}.npz"
+
+
+def get_or_build(
+    method: str, corpus: Corpus, dim: int, seed: int = 0, *, force: bool = False, **options
+) -> EmbeddingArtifact:
+    """The cached artifact for these settings, building and caching it first if needed (or if ``force``)."""
+    path = cache_path(method, corpus, dim, seed, **options)
+    if path.is_file() and not force:
+        try:
+            art = load_artifact(path, corpus.vocab)
+            art.from_cache = True
+            return art
+        except EmbeddingError as exc:
+            warnings.warn(f"rebuilding the cached embedding: {exc}", stacklevel=2)
+    art = build(method, corpus, dim, seed, **options)
+    art.save(path)
+    return art

@@ -1,0 +1,101 @@
+"""What every builder shares: its result type, option handling and row normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .artifact import EmbeddingError
+
+if TYPE_CHECKING:
+    from ..ops.hadamard import HadamardLayout
+
+# Offsets the seeds of auxiliary random streams so they never replay a method's main stream.
+FALLBACK_STREAM = 0x5EED
+
+
+@dataclass
+class Built:
+    """A builder's result: a dense matrix or a Hadamard generator, plus notes for the summary."""
+
+    matrix: np.ndarray | None = None
+    hadamard: HadamardLayout | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def runtime(default: object, help: str) -> object:
+    """A dataclass field that changes how a build runs but not what it computes (kept out of cache keys)."""
+    return field(default=default, metadata={"help": help, "runtime": True})
+
+
+def option(default: object, help: str) -> object:
+    """A dataclass field that shapes the values; ``help`` is shown by the CLI and docs."""
+    return field(default=default, metadata={"help": help})
+
+
+def make_config(cls: type, method: str, options: dict) -> object:
+    """``cls(**options)`` with one-line errors for unknown names and wrong types."""
+    known = {f.name: f for f in fields(cls)}
+    for name, value in options.items():
+        if name not in known:
+            raise EmbeddingError(
+                f"{method} has no option {name!r}; its options are: {', '.join(known) or 'none'}"
+            )
+        kind = type(known[name].default)
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise EmbeddingError(f"{method} option {name} must be {kind.__name__}, got {value!r}")
+    return cls(**options)
+
+
+def split_options(config: object) -> tuple[dict, dict]:
+    """(options that shape the values, runtime-only options) of a config instance."""
+    values, runtime_values = {}, {}
+    for f in fields(config):
+        (runtime_values if f.metadata.get("runtime") else values)[f.name] = getattr(config, f.name)
+    return values, runtime_values
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise EmbeddingError(message)
+
+
+def unit_rows(matrix: np.ndarray, seed: int, empty: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Scale rows to unit length (float32); rows marked ``empty`` or all zero get seeded random unit rows.
+
+    A type the method learned nothing about (never seen, no co-occurrence) still
+    needs a distinct, well-defined row so a tied classifier can score it; a random
+    direction is nearly orthogonal to all others in high dimension, i.e. neutral.
+    Returns the matrix and how many rows were replaced.
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1)
+    missing = norms == 0 if empty is None else (norms == 0) | empty
+    n_missing = int(missing.sum())
+    if n_missing:
+        rng = np.random.default_rng([seed, FALLBACK_STREAM])
+        matrix[missing] = rng.standard_normal((n_missing, matrix.shape[1]), dtype=np.float32)
+        norms[missing] = np.linalg.norm(matrix[missing], axis=1)
+    matrix /= norms[:, None]
+    return matrix, n_missing
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024

@@ -1,0 +1,91 @@
+"""Perplexity of a trained run on valid or test, written to ``runs/NAME/eval.json``.
+
+Test perplexity uses batch size 1 by default, as AWD-LSTM does: every token
+is scored with the full history of the text before it (with larger batches the
+split is cut into independent streams whose first tokens see no context).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .batching import BPTTStream, batchify
+from .corpus import SPLITS, Corpus
+from .model import LanguageModel
+from .train_config import ConfigError, TrainConfig
+from .variants import build_model, load_corpus
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> tuple[float, int]:
+    """Mean cross entropy (nats/token) over batchified ``data`` and the number of tokens scored."""
+    was_training = model.training
+    model.eval()
+    hidden = model.init_hidden(data.size(1))
+    total, count = 0.0, 0
+    for x, y in BPTTStream(data, bptt):
+        loss, hidden = model(x, y, hidden, reduction="sum")
+        total += loss.item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count, count
+
+
+def load_trained(run_dir: Path, device: str = "auto") -> tuple[LanguageModel, TrainConfig, Corpus, dict]:
+    """The best weights of a run, on ``device``, with its config, corpus and checkpoint metadata."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir)
+    best = checkpoint.load(run_dir / checkpoint.BEST)
+    corpus = load_corpus(config)
+    model, _ = build_model(config, corpus, expected=best.get("embedding"))
+    model.load_state_dict(best["model"])
+    return model.to(resolve_device(device)).eval(), config, corpus, best
+
+
+def evaluate_run(
+    run_dir: Path, split: str = "test", batch_size: int | None = None, device: str = "auto"
+) -> dict:
+    """Perplexity of the best checkpoint on ``split``; merged into ``eval.json`` and returned.
+
+    ``batch_size`` defaults to 1 for test (AWD-LSTM's choice) and the run's
+    ``eval_batch_size`` for valid.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    model, config, corpus, best = load_trained(run_dir, device)
+    if batch_size is None:
+        batch_size = 1 if split == "test" else config.eval_batch_size
+    data = batchify(corpus.split(split), batch_size).to(model.head.bias.device)
+    start = time.perf_counter()
+    loss, tokens = corpus_loss(model, data, config.bptt)
+    seconds = time.perf_counter() - start
+    result = {
+        "split": split,
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "tokens": tokens,
+        "batch_size": batch_size,
+        "bptt": config.bptt,
+        "tokens_per_second": tokens / seconds,
+        "seconds": seconds,
+        "checkpoint": checkpoint.BEST,
+        "step": best["step"],
+        "device": str(data.device),
+    }
+    path = Path(run_dir) / checkpoint.EVAL
+    results = checkpoint.read_json(path) or {}
+    results[split] = result
+    checkpoint.write_json(path, results)
+    return result

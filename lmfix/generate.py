@@ -1,0 +1,44 @@
+"""Sample text from a trained run (its best checkpoint), word by word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .evaluate import load_trained
+from .train_config import ConfigError
+from .vocab import EOS
+
+
+@torch.no_grad()
+def generate(
+    run_dir: Path, words: int = 100, temperature: float = 1.0, seed: int | None = None, prompt: str = "",
+    device: str = "auto",
+) -> str:
+    """``words`` tokens sampled at ``temperature`` after ``prompt`` (default: a sentence start).
+
+    Lines end where the model emits ``<eos>``; the prompt must use the corpus's tokens.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"--temperature must be > 0, got {temperature}")
+    model, config, corpus, _ = load_trained(run_dir, device)
+    vocab = corpus.vocab
+    tokens = prompt.split() or [EOS]
+    unknown = [w for w in tokens if w not in vocab.stoi]
+    if unknown:
+        raise ConfigError(f"prompt word {unknown[0]!r} is not in the vocabulary of {run_dir}; use corpus tokens")
+    dev = model.head.bias.device
+    generator = torch.Generator(dev)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    ids = torch.tensor([[vocab.stoi[w]] for w in tokens], device=dev)
+    hidden = model.init_hidden(1)
+    out = prompt.split()
+    for _ in range(words):
+        logits, hidden = model.logits(ids, hidden)
+        probs = torch.softmax(logits[-1, 0].float() / temperature, dim=-1)
+        ids = torch.multinomial(probs, 1, generator=generator).view(1, 1)
+        out.append(vocab.itos[ids.item()])
+    if config.tokenizer == "spm":
+        return "".join("\n" if w == EOS else w for w in out).replace("\u2581", " ").strip()
+    return " ".join(out).replace(f" {EOS} ", "\n").replace(EOS, "\n").strip()

@@ -1,0 +1,7 @@
+"""Fixed Hadamard classifier ops: layouts, the Walsh-Hadamard transform and the fused head loss."""
+
+from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
+from lmfix.ops.hadamard_loss import hadamard_cross_entropy, hadamard_logits
+from lmfix.ops.transform import fwht
+
+__all__ = ["LAYOUTS", "HadamardLayout", "fwht", "hadamard_cross_entropy", "hadamard_logits", "make_layout"]

@@ -1,0 +1,169 @@
+"""Benchmark the output layer alone: forward + backward of the head loss.
+
+Heads: ``dense`` (a frozen V x d matrix through F.linear + F.cross_entropy, the
+baseline every Hadamard head is compared with in the same run) and one entry
+per Hadamard layout (the fused ``hadamard_cross_entropy``). All heads learn x,
+alpha and a bias. Time is the median of ``repeats`` steps after one warm-up;
+memory is measured in a separate step with ``AllocationTracker``: the peak of
+bytes the head allocates beyond its inputs (gradients included; the dense
+matrix is an input, reported apart as ``matrix_mb``) and its largest tensor.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
+from lmfix.ops.hadamard_loss import hadamard_cross_entropy
+from lmfix.ops.memtrack import AllocationTracker
+
+HEADS = ("dense", *LAYOUTS)
+_MB = 1 << 20
+
+
+@dataclass
+class HeadBatch:
+    """What the model hands the head: hidden states, targets, learned bias and scale."""
+
+    x: torch.Tensor
+    target: torch.Tensor
+    bias: torch.Tensor
+    alpha: torch.Tensor
+
+    @classmethod
+    def random(cls, vocab: int, dim: int, tokens: int, seed: int) -> HeadBatch:
+        gen = torch.Generator().manual_seed(seed)
+        return cls(
+            x=torch.randn(tokens, dim, generator=gen).requires_grad_(),
+            target=torch.randint(0, vocab, (tokens,), generator=gen),
+            bias=torch.zeros(vocab).requires_grad_(),
+            alpha=torch.tensor(1.0, requires_grad=True),
+        )
+
+    def step(self, loss_fn: Callable[[HeadBatch], torch.Tensor]) -> None:
+        """One forward + backward; grads are dropped first so every step allocates them anew."""
+        for tensor in (self.x, self.bias, self.alpha):
+            tensor.grad = None
+        loss_fn(self).backward()
+
+
+def _dense_loss(matrix: torch.Tensor) -> Callable[[HeadBatch], torch.Tensor]:
+    def loss(inputs: HeadBatch) -> torch.Tensor:
+        return F.cross_entropy(F.linear(inputs.x * inputs.alpha, matrix, inputs.bias), inputs.target)
+
+    return loss
+
+
+def _hadamard_loss(layout: HadamardLayout) -> Callable[[HeadBatch], torch.Tensor]:
+    def loss(inputs: HeadBatch) -> torch.Tensor:
+        return hadamard_cross_entropy(inputs.x, inputs.target, layout, inputs.bias, inputs.alpha)
+
+    return loss
+
+
+def _random_sign_matrix(vocab: int, dim: int, seed: int) -> torch.Tensor:
+    """A +-1/sqrt(d) V x d matrix for the dense baseline (its values do not change the timing)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.empty(vocab, dim).bernoulli_(0.5, generator=gen).mul_(2).sub_(1).div_(dim**0.5)
+
+
+def _measure(inputs: HeadBatch, loss_fn: Callable[[HeadBatch], torch.Tensor], repeats: int) -> dict:
+    inputs.step(loss_fn)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        inputs.step(loss_fn)
+        times.append(time.perf_counter() - start)
+    with AllocationTracker() as tracker:
+        inputs.step(loss_fn)
+    return {
+        "median_s": statistics.median(times),
+        "peak_extra_mb": tracker.peak_bytes / _MB,
+        "largest_tensor_mb": tracker.largest_bytes / _MB,
+    }
+
+
+def run_head_bench(
+    vocab: int = 33278,
+    dim: int = 512,
+    tokens: int = 700,
+    repeats: int = 5,
+    layouts: Sequence[str] = HEADS,
+    seed: int = 0,
+    max_matrix_gb: float = 4.0,
+) -> list[dict]:
+    """Time and memory of each head in ``layouts`` (names from ``HEADS``), on CPU.
+
+    The dense head is skipped (``skipped`` says why) when its V x d matrix would
+    exceed ``max_matrix_gb``. ``speedup_vs_dense`` and ``mem_vs_dense`` compare
+    with the dense row of the same run when there is one.
+    """
+    unknown = [name for name in layouts if name not in HEADS]
+    if unknown:
+        raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEADS)}")
+    inputs = HeadBatch.random(vocab, dim, tokens, seed)
+    results = []
+    for name in layouts:
+        row = {"head": name, "vocab": vocab, "dim": dim, "tokens": tokens, "matrix_mb": 0.0}
+        if name == "dense":
+            matrix_bytes = vocab * dim * 4
+            if matrix_bytes > max_matrix_gb * 2**30:
+                row["skipped"] = f"V x d matrix needs {matrix_bytes / 2**30:.1f} GiB > max_matrix_gb={max_matrix_gb}"
+                results.append(row)
+                continue
+            matrix = _random_sign_matrix(vocab, dim, seed)
+            row["matrix_mb"] = matrix_bytes / _MB
+            row.update(_measure(inputs, _dense_loss(matrix), repeats))
+            del matrix
+        else:
+            layout = make_layout(vocab, dim, name, seed)
+            row["distinct_rows"] = layout.distinct_rows()
+            row.update(_measure(inputs, _hadamard_loss(layout), repeats))
+        results.append(row)
+    _compare_with_dense(results)
+    return results
+
+
+def _compare_with_dense(results: list[dict]) -> None:
+    dense = next((r for r in results if r["head"] == "dense" and "median_s" in r), None)
+    if dense is None:
+        return
+    for row in results:
+        if "median_s" in row:
+            row["speedup_vs_dense"] = dense["median_s"] / row["median_s"]
+            row["mem_vs_dense"] = row["peak_extra_mb"] / dense["peak_extra_mb"]
+
+
+_COLUMNS = (
+    ("head", "head", "{}"),
+    ("vocab", "V", "{}"),
+    ("dim", "d", "{}"),
+    ("tokens", "tokens", "{}"),
+    ("median_s", "median s", "{:.4f}"),
+    ("speedup_vs_dense", "speedup vs dense", "{:.1f}x"),
+    ("peak_extra_mb", "peak extra MiB", "{:.1f}"),
+    ("mem_vs_dense", "mem vs dense", "{:.1%}"),
+    ("largest_tensor_mb", "largest tensor MiB", "{:.1f}"),
+    ("matrix_mb", "V x d matrix MiB", "{:.1f}"),
+    ("distinct_rows", "distinct rows", "{}"),
+)
+
+
+def format_head_table(results: list[dict]) -> str:
+    """Markdown table of ``run_head_bench`` results (skipped heads say why)."""
+    lines = [
+        "| " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    for row in results:
+        cells = [fmt.format(row[key]) if key in row else "-" for key, _, fmt in _COLUMNS]
+        if "skipped" in row:
+            cells[4] = f"skipped: {row['skipped']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

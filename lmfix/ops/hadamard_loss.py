@@ -1,0 +1,339 @@
+"""Logits and fused cross entropy for the Hadamard head, without E or full logits.
+
+Logits are ``alpha * x E^T + bias`` with E from a ``HadamardLayout``. Writing
+``E' = sqrt(d) E`` (entries +-1), block r of the logits is
+``scale * fwht(x * signs[r]) + bias[r]`` with ``scale = alpha / sqrt(d)``.
+
+The loss is an ``autograd.Function`` returning per-token losses:
+
+* forward: for token chunks, build the chunk's (C x V) logits in reused
+  buffers and keep only its log-sum-exp; the target logit comes straight from
+  the target's row (O(d) per token).
+* backward: recompute each chunk, turn it into ``g * softmax`` in place and
+  fold it back through ``E'^T`` (transform again, multiply by the block signs,
+  sum over blocks). The one-hot part of the gradient is done per token on the
+  target rows. ``grad_alpha = <x, E'^T dz> / sqrt(d)`` reuses the same
+  product, so the backward never needs the raw scores.
+
+Periodic layouts (``truncated``: row w depends on w mod D only) take the exact
+O(d log d + V) shortcut: one D-point transform per token, and the log-sum-exp
+over V groups the biases by ``w mod D`` once per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lmfix.ops.hadamard import HadamardLayout
+from lmfix.ops.transform import factors, fwht, swapped_fwht_into, triton_backend
+
+REDUCTIONS = ("mean", "sum", "none")
+BACKENDS = ("auto", "torch", "triton")
+# Elements of one chunk of logits (2 MiB in float32): measured fastest on CPU
+# among 2^17..2^22 at V=33278, d=512, and it keeps the two buffers small.
+_CHUNK_ELEMENTS = 1 << 19
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """Per-call constants shared by the backends of the fused loss."""
+
+    layout: HadamardLayout
+    scale: float  # alpha / sqrt(d)
+    bias: torch.Tensor  # (R * D,) with -inf past V, zeros when the caller gave no bias
+    x: torch.Tensor  # (N, D) compute dtype, zero-padded past d
+
+    @property
+    def chunk_default(self) -> int:
+        """~_CHUNK_ELEMENTS logits, and at most d / 4 tokens so no chunk outgrows the V x d matrix."""
+        return max(1, min(_CHUNK_ELEMENTS // self.bias.numel(), self.layout.dim // 4))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half precisions accumulate softmax sums badly; work in float32 for them."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def pad_columns(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the last dim of ``x`` to ``width`` (no copy when already that wide)."""
+    return x if x.shape[-1] == width else torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+
+
+def padded_bias(layout: HadamardLayout, bias: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """(R * D,) bias with -inf on the padding words so they vanish from the softmax."""
+    padded = torch.full((layout.num_blocks * layout.block,), -math.inf, dtype=like.dtype, device=like.device)
+    padded[: layout.vocab_size] = 0.0 if bias is None else bias.detach().to(like.dtype)
+    return padded
+
+
+class TorchBlocks:
+    """Chunked backend in plain torch ops (CPU, and CUDA when Triton cannot be used).
+
+    Block transforms run with their two digits swapped (``swapped_fwht_into``),
+    which saves a transpose per transform; the bias is permuted to match once
+    per call and its gradient permuted back.
+    """
+
+    def __init__(self, inputs: HeadInputs, chunk_size: int | None) -> None:
+        layout = inputs.layout
+        self.digits = factors(layout.block)
+        self.x = inputs.x * inputs.scale
+        self.bias = self._swap(inputs.bias, self.digits)
+        self.signs = layout.block_signs(inputs.x.dtype, inputs.x.device)
+        self.chunk = chunk_size or inputs.chunk_default
+        rows = min(self.chunk, inputs.x.shape[0])
+        self.spread = inputs.x.new_empty(rows, *self.signs.shape)
+        self.logits = inputs.x.new_empty(rows, inputs.bias.numel())
+
+    @staticmethod
+    def _swap(values: torch.Tensor, digits: tuple[int, int]) -> torch.Tensor:
+        """Permute per-word values of each block from (first, second) to (second, first) digit order."""
+        return values.view(-1, *digits).mT.reshape(-1)
+
+    def _chunks(self):
+        total = self.x.shape[0]
+        for start in range(0, total, self.chunk):
+            yield start, min(total, start + self.chunk)
+
+    def _logits(self, start: int, stop: int) -> torch.Tensor:
+        """(C, R * D) logits of tokens [start, stop), digit-swapped, in the reused buffer."""
+        count = stop - start
+        width = self.signs.shape[1]
+        spread = torch.mul(self.x[start:stop, None, :], self.signs, out=self.spread[:count])
+        logits = self.logits[:count]
+        swapped_fwht_into(spread.view(-1, width), logits.view(-1, width), self.digits[0])
+        return logits.add_(self.bias)
+
+    def _fold(self, probs: torch.Tensor, start: int, folded: torch.Tensor, bias_grad: torch.Tensor) -> None:
+        """Add ``sum_t probs_t`` to ``bias_grad`` and write ``E'^T probs_t`` into ``folded``."""
+        width = self.signs.shape[1]
+        bias_grad += probs.sum(0)
+        back = self.spread[: probs.shape[0]]
+        swapped_fwht_into(probs.view(-1, width), back.view(-1, width), self.digits[1])
+        torch.sum(back.mul_(self.signs), 1, out=folded[start : start + probs.shape[0]])
+
+    def logsumexp(self) -> torch.Tensor:
+        lse = self.x.new_empty(self.x.shape[0])
+        for start, stop in self._chunks():
+            logits = self._logits(start, stop)
+            peak = logits.amax(1)
+            lse[start:stop] = logits.sub_(peak[:, None]).exp_().sum(1).log_().add_(peak)
+        return lse
+
+    def softmax_terms(self, lse: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E'^T (w p)`` per token (N, D) and ``sum_t w_t p_t`` (R * D,) for softmax p."""
+        folded = torch.empty_like(self.x)
+        bias_grad = torch.zeros_like(self.bias)
+        for start, stop in self._chunks():
+            probs = self._logits(start, stop).sub_(lse[start:stop, None]).exp_().mul_(weight[start:stop, None])
+            self._fold(probs, start, folded, bias_grad)
+        return folded, self._swap(bias_grad, self.digits[::-1])
+
+    def lse_and_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``logsumexp()`` and ``softmax_terms(lse, 1)`` from one transform and one exp per logit."""
+        lse = self.x.new_empty(self.x.shape[0])
+        folded = torch.empty_like(self.x)
+        bias_grad = torch.zeros_like(self.bias)
+        for start, stop in self._chunks():
+            logits = self._logits(start, stop)
+            peak = logits.amax(1)
+            exps = logits.sub_(peak[:, None]).exp_()
+            total = exps.sum(1)
+            lse[start:stop] = total.log().add_(peak)
+            self._fold(exps.mul_(total.reciprocal_()[:, None]), start, folded, bias_grad)
+        return lse, folded, self._swap(bias_grad, self.digits[::-1])
+
+
+def _head_inputs(x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, layout: HadamardLayout) -> HeadInputs:
+    xc = pad_columns(x.detach().to(compute_dtype(x.dtype)), layout.block)
+    return HeadInputs(layout, float(alpha) * layout.scale, padded_bias(layout, bias, xc), xc)
+
+
+def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
+class _BlockCrossEntropy(torch.autograd.Function):
+    """Loss ``lse - target logit`` (reduced); ``backend_cls`` computes the O(N V) parts.
+
+    With ``eager`` (mean/sum reduction and a backward to come) the forward also
+    computes the softmax terms for unit weights, since the gradient of a
+    reduced loss is only scaled by the incoming scalar: one transform pass and
+    one exp per logit instead of recomputing everything in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, bias, target, layout, backend_cls, chunk_size, reduction, eager):
+        inputs = _head_inputs(x, alpha, bias, layout)
+        backend = backend_cls(inputs, chunk_size)
+        if eager:
+            lse, *ctx.unit_terms = backend.lse_and_terms()
+        else:
+            lse, ctx.unit_terms = backend.logsumexp(), None
+        target_rows = layout.signs(target, inputs.x.dtype)
+        target_logit = inputs.scale * (inputs.x[:, : layout.dim] * target_rows).sum(1) + inputs.bias[target]
+        ctx.save_for_backward(x, alpha, bias, target, lse)
+        ctx.layout, ctx.backend_cls, ctx.chunk_size, ctx.reduction = layout, backend_cls, chunk_size, reduction
+        return _reduce(lse - target_logit, reduction).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha, bias, target, lse = ctx.saved_tensors
+        layout = ctx.layout
+        grad = grad.to(lse.dtype)
+        if ctx.reduction == "mean":
+            grad = grad / x.shape[0]
+        weight = grad.expand(x.shape[0])
+        if ctx.unit_terms is not None:
+            folded, bias_grad = (term * grad for term in ctx.unit_terms)
+        else:
+            backend = ctx.backend_cls(_head_inputs(x, alpha, bias, layout), ctx.chunk_size)
+            folded, bias_grad = backend.softmax_terms(lse, weight)
+        grads = _finish_backward(ctx, x, alpha, bias, target, weight, folded[:, : layout.dim], bias_grad)
+        return *grads, None, None, None, None, None, None
+
+
+def _finish_backward(ctx, x, alpha, bias, target, weight, folded, bias_grad):
+    """Add the one-hot (target) part and turn ``E'^T dz`` into the input gradients.
+
+    ``folded`` is ``E'^T (w p)`` per token; subtracting ``w E'[target]`` gives
+    ``u = E'^T dz`` with dz the gradient of the loss w.r.t. the logits.
+    """
+    layout = ctx.layout
+    dtype = folded.dtype
+    u = folded - weight[:, None] * layout.signs(target, dtype)
+    grad_x = (float(alpha) * layout.scale * u).to(x.dtype) if ctx.needs_input_grad[0] else None
+    grad_alpha = None
+    if ctx.needs_input_grad[1]:
+        grad_alpha = ((x.to(dtype) * u).sum() * layout.scale).to(alpha.dtype).reshape(alpha.shape)
+    grad_bias = None
+    if ctx.needs_input_grad[2]:
+        grad_bias = bias_grad[: layout.vocab_size].index_add(0, target, -weight).to(bias.dtype)
+    return grad_x, grad_alpha, grad_bias
+
+
+class _PeriodicCrossEntropy(torch.autograd.Function):
+    """Exact per-token loss when rows repeat every D words: logits[w] = scale * s[w mod D] + b[w]."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, bias, target, layout):
+        dtype = compute_dtype(x.dtype)
+        xc = pad_columns(x.detach().to(dtype), layout.block)
+        scale = float(alpha) * layout.scale
+        bias_pad = padded_bias(layout, bias, xc)
+        group_lse = bias_pad.view(layout.num_blocks, layout.block).logsumexp(0)
+        scores = fwht(xc)
+        lse = (scores * scale + group_lse).logsumexp(1)
+        group = target % layout.block
+        target_logit = scale * scores.gather(1, group[:, None])[:, 0] + bias_pad[target]
+        ctx.save_for_backward(x, alpha, bias, target, scores, lse)
+        ctx.layout = layout
+        return (lse - target_logit).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha, bias, target, scores, lse = ctx.saved_tensors
+        layout = ctx.layout
+        weight = grad.to(scores.dtype)
+        scale = float(alpha) * layout.scale
+        bias_pad = padded_bias(layout, bias, scores)
+        group_lse = bias_pad.view(layout.num_blocks, layout.block).logsumexp(0)
+        # Group probabilities q[t, g] = sum of p[t, w] over w = g mod D.
+        group_probs = (scores * scale + group_lse - lse[:, None]).exp_().mul_(weight[:, None])
+        # p[t, w] = q[t, g] * exp(b[w] - group_lse[g]): sum over t per group, then spread.
+        within_group = (bias_pad.view(layout.num_blocks, layout.block) - group_lse).exp_()
+        bias_grad = (within_group * group_probs.sum(0)).view(-1)
+        folded = fwht(group_probs)
+        grads = _finish_backward(ctx, x, alpha, bias, target, weight, folded[:, : layout.dim], bias_grad)
+        return *grads, None, None
+
+
+def _as_tensor(alpha: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"alpha must be a scalar, got shape {tuple(alpha.shape)}")
+        return alpha
+    return torch.tensor(float(alpha), dtype=like.dtype, device=like.device)
+
+
+def _check(x: torch.Tensor, layout: HadamardLayout, bias: torch.Tensor | None) -> None:
+    if x.shape[-1] != layout.dim:
+        raise ValueError(f"x has last dim {x.shape[-1]} but the layout has dim={layout.dim}")
+    if bias is not None and bias.shape != (layout.vocab_size,):
+        raise ValueError(f"bias must have shape ({layout.vocab_size},), got {tuple(bias.shape)}")
+
+
+def _block_backend(x: torch.Tensor, layout: HadamardLayout, backend: str) -> type:
+    """``auto``: Triton for CUDA tensors when it supports the block size, else plain torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    kernels = triton_backend() if backend == "triton" or x.is_cuda else None
+    if backend == "triton" and (kernels is None or not kernels.supports_loss(layout.block)):
+        raise ValueError(f"the Triton loss needs triton installed and 16 <= block <= 4096 (block={layout.block})")
+    if backend == "torch" or kernels is None or not kernels.supports_loss(layout.block):
+        return TorchBlocks
+    return kernels.TritonBlocks
+
+
+def hadamard_cross_entropy(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    layout: HadamardLayout,
+    bias: torch.Tensor | None = None,
+    alpha: float | torch.Tensor = 1.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Cross entropy of ``alpha * x E^T + bias`` against ``target``, never storing E or all logits.
+
+    x: (..., d) hidden states taken as given; target: (...) word ids; bias: (V,);
+    alpha: scalar (a tensor to learn it). Exact gradients for x, alpha and bias.
+    ``chunk_size`` tokens are scored at a time (default: ~512K logits and <= d / 4 tokens).
+    ``backend``: ``auto`` (Triton on CUDA, else torch), ``torch`` or ``triton``
+    (forces the kernels, e.g. on CPU under TRITON_INTERPRET=1). Periodic
+    layouts always take the O(d log d + V) path.
+    """
+    _check(x, layout, bias)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
+    flat_x = x.reshape(-1, layout.dim)
+    flat_target = target.reshape(-1).long()
+    if flat_target.shape[0] != flat_x.shape[0]:
+        raise ValueError(f"{flat_x.shape[0]} hidden states but {flat_target.shape[0]} targets")
+    backend_cls = _block_backend(x, layout, backend)
+    alpha_t = _as_tensor(alpha, x)
+    if layout.periodic:
+        loss = _reduce(_PeriodicCrossEntropy.apply(flat_x, alpha_t, bias, flat_target, layout), reduction)
+    else:
+        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, alpha_t, bias))
+        eager = wants_grad and reduction != "none"
+        loss = _BlockCrossEntropy.apply(
+            flat_x, alpha_t, bias, flat_target, layout, backend_cls, chunk_size, reduction, eager
+        )
+    return loss.view(target.shape) if reduction == "none" else loss
+
+
+def hadamard_logits(
+    x: torch.Tensor, layout: HadamardLayout, alpha: float | torch.Tensor = 1.0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """All V logits ``alpha * x E^T + bias`` for a few tokens (generation), via the transform.
+
+    Differentiable; memory is (..., V), so use the fused loss for training.
+    """
+    _check(x, layout, bias)
+    xp = pad_columns(x, layout.block)
+    if layout.periodic:
+        scores = fwht(xp).tile((layout.num_blocks,))
+    else:
+        signs = layout.block_signs(x.dtype, x.device)
+        scores = fwht(xp[..., None, :] * signs).flatten(-2)
+    logits = scores[..., : layout.vocab_size] * (_as_tensor(alpha, x) * layout.scale)
+    return logits if bias is None else logits + bias

@@ -1,0 +1,198 @@
+"""Recipes: experiments as data. ``run_recipe`` turns a recipe directory into runs and a report.
+
+A recipe directory holds ``recipe.toml`` (name, output directory, the ordered
+variant list, how to evaluate, and ``[train]`` defaults: ``TrainConfig`` fields)
+and one ``VARIANT.toml`` per variant (its ``[train]`` overrides and, for a fixed
+matrix, ``[embeddings]`` builder options). Running a recipe prepares the corpus,
+builds or reuses the embedding artifacts, trains each variant (skipping finished
+runs, resuming interrupted ones), evaluates, and writes ``report.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import atomic, checkpoint
+from .errors import LmfixError
+from .train_config import FIXED, TrainConfig
+
+RECIPE_FILE = "recipe.toml"
+REPORT = "report.md"
+
+
+class RecipeError(LmfixError):
+    """A recipe file is missing, malformed or names an unknown variant."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    train: dict
+    embeddings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    path: Path
+    output: Path
+    variants: tuple[Variant, ...]
+    train: dict
+    evaluate: dict
+
+    def select(self, only: list[str] | None) -> Recipe:
+        """The recipe restricted to the variants named in ``only`` (in recipe order)."""
+        if not only:
+            return self
+        known = [v.name for v in self.variants]
+        unknown = [name for name in only if name not in known]
+        if unknown:
+            raise RecipeError(f"recipe {self.name} has no variant {unknown[0]!r}; its variants: {', '.join(known)}")
+        return replace(self, variants=tuple(v for v in self.variants if v.name in only))
+
+    def config(self, variant: Variant, overrides: dict | None = None) -> TrainConfig:
+        """The variant's ``TrainConfig``: recipe defaults, then the variant's, then ``overrides``."""
+        return TrainConfig.from_dict({**self.train, **variant.train, **(overrides or {})})
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} not found; check the path (recipes live under recipes/)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe file {path}: {exc}") from exc
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Load a recipe directory, or one ``VARIANT.toml`` of it (then only that variant runs)."""
+    path = Path(path)
+    only = None
+    if path.is_file() and path.name != RECIPE_FILE:
+        only = [path.stem]
+        path = path.parent
+    elif path.name == RECIPE_FILE:
+        path = path.parent
+    raw = _read_toml(path / RECIPE_FILE)
+    meta = raw.get("recipe", {})
+    names = meta.get("variants") or sorted(p.stem for p in path.glob("*.toml") if p.name != RECIPE_FILE)
+    variants = []
+    for name in names:
+        data = _read_toml(path / f"{name}.toml")
+        unknown = sorted(set(data) - {"description", "train", "embeddings"})
+        if unknown:
+            raise RecipeError(f"{path / f'{name}.toml'}: unknown section(s) {', '.join(unknown)}")
+        variants.append(Variant(name, data.get("description", ""), data.get("train", {}), data.get("embeddings", {})))
+    recipe = Recipe(
+        name=meta.get("name", path.name),
+        description=meta.get("description", ""),
+        path=path,
+        output=Path(meta.get("output", f"runs/{path.name}")),
+        variants=tuple(variants),
+        train=raw.get("train", {}),
+        evaluate=raw.get("evaluate", {}),
+    )
+    for variant in recipe.variants:  # fail on a bad setting before hours of training, not after
+        try:
+            recipe.config(variant)
+        except LmfixError as exc:
+            raise RecipeError(f"{path / f'{variant.name}.toml'}: {exc}") from exc
+    return recipe.select(only)
+
+
+@dataclass
+class RecipeEvent:
+    """Progress of ``run_recipe``: ``prepare``, ``embeddings``, ``skip``, ``train``, ``resume``, ``evaluate``."""
+
+    kind: str
+    variant: str
+    detail: str = ""
+
+
+@dataclass
+class RecipeResult:
+    report: Path
+    table: str
+    plots: list[Path]
+    run_dirs: list[Path]
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    output: Path | None = None,
+    overrides: dict | None = None,
+    on_event: Callable[[RecipeEvent], None] = lambda event: None,
+    train_callback=None,
+) -> RecipeResult:
+    """Run every variant of ``recipe`` into ``output/VARIANT`` and write ``output/report.md``."""
+    from .embeddings import get_or_build
+    from .evaluate import evaluate_run
+    from .report import compare_runs
+    from .train import train
+    from .variants import load_corpus
+
+    out = Path(output or recipe.output)
+    run_dirs = []
+    for variant in recipe.variants:
+        run_dir = out / variant.name
+        run_dirs.append(run_dir)
+        config = recipe.config(variant, overrides)
+        finished = (run_dir / checkpoint.SUMMARY).is_file()
+        if finished:
+            on_event(RecipeEvent("skip", variant.name, f"finished earlier ({run_dir})"))
+        else:
+            on_event(RecipeEvent("prepare", variant.name, config.corpus))
+            if config.embed in FIXED and not config.embeddings:
+                corpus = load_corpus(config)
+                on_event(RecipeEvent("embeddings", variant.name, config.embed))
+                art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
+                config = replace(config, embeddings=str(art.path))
+            resume = (run_dir / checkpoint.LAST).is_file()
+            on_event(RecipeEvent("resume" if resume else "train", variant.name, str(run_dir)))
+            train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
+        split = recipe.evaluate.get("split", "test")
+        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
+        if not finished or evaluated is None:
+            on_event(RecipeEvent("evaluate", variant.name, split))
+            evaluate_run(run_dir, split, recipe.evaluate.get("batch_size"), device=config.device)
+    table, plots = compare_runs(run_dirs, out)
+    report = out / REPORT
+    atomic.write_text(report, _report(recipe, table, plots, out))
+    return RecipeResult(report, table, plots, run_dirs)
+
+
+def _report(recipe: Recipe, table: str, plots: list[Path], out: Path) -> str:
+    lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{recipe.path}`", "", table, ""]
+    lines += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
+    lines += ["", "Variants:", ""] + [f"- **{v.name}**: {v.description}" for v in recipe.variants]
+    return "\n".join(lines) + "\n"
+
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# `make demo`: a few minutes on 2 CPU cores, the learned baseline against two fixed matrices.
+DEMO_VARIANTS = ["learned", "word2vec", "hadamard"]
+DEMO_OVERRIDES = {"max_tokens": 100_000, "eval_interval": 40, "eval_tokens": 20_000}
+
+
+def demo_recipe() -> tuple[Recipe, dict, Path, str | None]:
+    """(recipe, overrides, output, why WikiText-2 was not used) for ``lmfix demo``.
+
+    The short ``wt2-cpu`` run when WikiText-2 can be found, else the smoke recipe
+    on gensim's Lee corpus, with the reason (and how to provide WikiText-2).
+    """
+    from .corpus import resolve
+    from .errors import CorpusError
+
+    try:
+        resolve("wikitext-2")
+    except CorpusError as exc:
+        return load_recipe(RECIPES_DIR / "smoke"), {}, Path("runs/demo-smoke"), str(exc)
+    recipe = load_recipe(RECIPES_DIR / "wt2-cpu").select(DEMO_VARIANTS)
+    return recipe, DEMO_OVERRIDES, Path("runs/demo"), None

@@ -1,0 +1,171 @@
+"""``compare_runs``: a markdown table of finished runs against the learned tied baseline, and PNG plots.
+
+The table is what the paper's claims are checked with: trainable vs stored vs
+total parameters (a fixed E is stored but not trained; a Hadamard E is not
+even stored), perplexity and its change versus the learned tied run, speed.
+Plots: validation perplexity against tokens seen (all runs) and alpha over
+training for the fixed runs (the paper's Figure 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic, checkpoint
+from .train_config import FIXED, TrainConfig
+
+TABLE = "compare.md"
+VALID_PLOT = "valid_ppl.png"
+ALPHA_PLOT = "alpha.png"
+
+
+@dataclass
+class Run:
+    """What a finished run directory says about itself."""
+
+    path: Path
+    config: TrainConfig
+    summary: dict
+    evals: dict
+    metrics: list[dict]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def valid_ppl(self) -> tuple[float | None, bool]:
+        """(ppl, measured by lmfix evaluate) — else the best validation seen during training."""
+        if "valid" in self.evals:
+            return self.evals["valid"]["ppl"], True
+        return self.summary.get("best_valid_ppl"), False
+
+    @property
+    def test_ppl(self) -> float | None:
+        return self.evals.get("test", {}).get("ppl")
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    config = TrainConfig.load(path)
+    summary = checkpoint.read_json(path / checkpoint.SUMMARY)
+    if summary is None:
+        raise checkpoint.CheckpointError(
+            f"{path} has not finished training (no {checkpoint.SUMMARY}); finish it with lmfix train --resume {path}"
+        )
+    evals = checkpoint.read_json(path / checkpoint.EVAL) or {}
+    return Run(path, config, summary, evals, checkpoint.MetricsLog(path / checkpoint.METRICS).read())
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _change(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "—"
+    return f"{100 * (value / base - 1):+.1f}%"
+
+
+def _ppl(value: float | None, mark: str = "") -> str:
+    return "—" if value is None else f"{value:.2f}{mark}"
+
+
+def variant(run: Run) -> str:
+    cfg = run.config
+    name = cfg.embed
+    if cfg.fixed:
+        extras = [x for x, on in (("fixed alpha", cfg.fix_alpha), ("no norm", not cfg.normalize)) if on]
+        name += f" ({', '.join(extras)})" if extras else ""
+    return name
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """One row per run; changes are relative to the first learned tied run (if any)."""
+    base = next((r for r in runs if r.config.embed == "learned"), None)
+    base_trainable = base.summary["params"]["trainable"] if base else None
+    base_valid = base.valid_ppl[0] if base else None
+    base_test = base.test_ppl if base else None
+    lines = [
+        "| run | variant | trainable | stored | total | trainable vs learned | valid ppl | Δ valid | test ppl "
+        "| Δ test | train tok/s | wall |",
+        "|" + "---|" * 12,
+    ]
+    estimated = False
+    for run in runs:
+        params = run.summary["params"]
+        valid, measured = run.valid_ppl
+        estimated |= not measured
+        lines.append(
+            f"| {run.name} | {variant(run)} | {_millions(params['trainable'])} | {_millions(params['stored'])} "
+            f"| {_millions(params['total'])} | {_change(params['trainable'], base_trainable)} "
+            f"| {_ppl(valid, '' if measured else '*')} | {_change(valid, base_valid)} | {_ppl(run.test_ppl)} "
+            f"| {_change(run.test_ppl, base_test)} | {run.summary['train_tokens_per_second']:,.0f} "
+            f"| {_duration(run.summary['wall_seconds'])} |"
+        )
+    notes = ["", "trainable: learned by the optimizer; stored: trainable + fixed values kept in memory/on disk; "
+             "total: stored + generated (a Hadamard E is computed, never stored)."]
+    if base is None:
+        notes.append("No learned tied run (--embed learned) among these runs: changes are not available.")
+    else:
+        notes.append(f"Changes are relative to the learned tied run {base.name}.")
+    if estimated:
+        notes.append("* best validation perplexity during training (on the first eval_tokens tokens when set); "
+                     "lmfix evaluate RUN --split valid measures the whole split.")
+    if any(r.test_ppl is None for r in runs):
+        notes.append("— test perplexity: run lmfix evaluate RUN (batch size 1).")
+    return "\n".join(lines + notes) + "\n"
+
+
+def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float], list[float]]], log_y: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, xs, ys in series:
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:
+    """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths."""
+    runs = [load_run(d) for d in run_dirs]
+    table = markdown_table(runs)
+    out_dir = Path(out_dir)
+    atomic.write_text(out_dir / TABLE, table)
+
+    def series(key: str, runs_: list[Run]):
+        result = []
+        for run in runs_:
+            points = [(m["tokens"], m[key]) for m in run.metrics if m.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                result.append((f"{run.name} ({variant(run)})", list(xs), list(ys)))
+        return result
+
+    plots = [_plot(out_dir / VALID_PLOT, "Validation perplexity", "valid perplexity", series("valid_ppl", runs), True)]
+    fixed = [r for r in runs if r.config.embed in FIXED]
+    alpha = series("alpha", fixed)
+    if alpha:
+        plots.append(_plot(out_dir / ALPHA_PLOT, "Learned scale alpha of the fixed classifier", "alpha", alpha, False))
+    return table, plots

@@ -1,0 +1,538 @@
+"""Training: ``train(config, run_dir)`` runs or resumes one run and returns a ``RunResult``.
+
+The loop is pytorch/examples' word_language_model (SGD, gradient clipping, lr
+divided by ``lr_decay`` when validation does not improve) with AWD-LSTM's
+options (NT-ASGD, variable-length BPTT) and Adam/AdamW. Everything that
+decides what happens next (weights, optimizer, RNG, data position, hidden
+state, lr schedule) is in the checkpoint, so a killed run resumes exactly.
+
+Under ``torchrun`` every process trains on its own ``batch_size`` columns and
+DistributedDataParallel averages the gradients; a frozen E is a buffer, so it
+is never synchronized. The loop reports through a callback (the CLI draws the
+progress bar) and writes files only on rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint
+from .batching import BPTTStream, batchify
+from .errors import LmfixError
+from .evaluate import corpus_loss, resolve_device
+from .heads import ParamCounts
+from .model import detach_hidden
+from .train_config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
+from .variants import build_model, load_corpus
+
+
+class TrainingDiverged(LmfixError):
+    """The loss or the gradient became NaN/inf."""
+
+
+@dataclass
+class Event:
+    """What the loop reports: ``start``, ``step``, ``valid``, ``checkpoint`` or ``end``."""
+
+    kind: str
+    step: int
+    tokens: int
+    total_tokens: int
+    loss: float = math.nan
+    lr: float = 0.0
+    valid_ppl: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+Callback = Callable[[Event], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    epochs: int
+    best_valid_ppl: float
+    final_valid_ppl: float
+    train_tokens_per_second: float
+    wall_seconds: float
+    stop_reason: str  # epochs, max_tokens or time_budget
+    counts: ParamCounts
+    grad_bytes_per_step: int  # bytes of gradients DDP would all-reduce each step
+    sync_bytes_per_step: float | None  # measured under DDP, None in a single process
+    world_size: int
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device, bool]:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on GPU); True if we created it."""
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device, created
+
+
+class Trainer:
+    """One run's state and loop. ``train()`` is the entry point; this class keeps the pieces small."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, ddp: Dist, device: torch.device, callback: Callback):
+        self.cfg, self.run_dir, self.dist, self.device, self.callback = config, run_dir, ddp, device, callback
+        self.corpus = _rank0_first(ddp, lambda: load_corpus(config))
+        torch.manual_seed(config.seed)
+        self.model, self.embedding = _rank0_first(ddp, lambda: build_model(config, self.corpus))
+        self.model.to(device)
+        torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ across processes
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+        self.sync_bytes = 0
+        self.net = self._wrap_ddp() if ddp.active else self.model
+        self.lr = config.lr
+        self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
+        self.optimizer = self._make_optimizer(self.optimizer_kind)
+
+        columns = batchify(self.corpus.train, config.batch_size * ddp.world)
+        mine = columns[:, ddp.rank * config.batch_size : (ddp.rank + 1) * config.batch_size]
+        self.stream = BPTTStream(mine.contiguous().to(device), config.bptt, config.variable_bptt, seed=config.seed)
+        valid = self.corpus.valid[: config.eval_tokens or None]
+        self.valid_data = batchify(valid, config.eval_batch_size).to(device)
+        self.tokens_per_epoch = (columns.size(0) - 1) * columns.size(1)
+        self.metrics = checkpoint.MetricsLog(run_dir / checkpoint.METRICS)
+
+        # progress: everything below is saved in checkpoints
+        self.step = self.epoch = self.tokens = 0
+        self.elapsed = self.train_seconds = 0.0
+        self.best_loss = math.inf
+        self.valid_loss: float | None = None
+        self.history: list[float] = []
+        self.last_valid_step = self.last_checkpoint_step = -1
+        self.hidden = None
+        self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        self._session_steps = 0
+        self._started = time.perf_counter()
+
+    # ------------------------------------------------------------------ setup
+
+    def _wrap_ddp(self) -> DistributedDataParallel:
+        """DDP over the trainable parameters only, counting the bytes each all-reduce sends."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        frozen = [name for name, _ in self.model.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+
+        def counting_allreduce(state, bucket):
+            self.sync_bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+            return allreduce_hook(state, bucket)
+
+        net.register_comm_hook(None, counting_allreduce)
+        return net
+
+    def _make_optimizer(self, kind: str) -> torch.optim.Optimizer:
+        wd = self.cfg.weight_decay
+        if kind == "sgd":
+            return torch.optim.SGD(self.params, lr=self.lr, weight_decay=wd)
+        if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
+            return torch.optim.ASGD(self.params, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd)
+        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+        return cls(self.params, lr=self.lr, weight_decay=wd)
+
+    @property
+    def total_tokens(self) -> int:
+        planned = self.cfg.epochs * self.tokens_per_epoch
+        return min(planned, self.cfg.max_tokens) if self.cfg.max_tokens else planned
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> RunResult:
+        self._emit("start", info=self._start_info())
+        reason = self._stop_reason()
+        while reason is None and self.epoch < self.cfg.epochs:
+            if self.hidden is None:
+                self.hidden = self.model.init_hidden(self.cfg.batch_size)
+            for x, y in self.stream:
+                self.train_step(x, y)
+                reason = self._stop_reason()
+                validate = self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0
+                if validate:
+                    self._validate()
+                if validate or self.step % self.cfg.log_interval == 0:
+                    self._log()
+                if self.cfg.checkpoint_interval and self.step % self.cfg.checkpoint_interval == 0:
+                    self._save_checkpoint()
+                if reason:
+                    break
+            else:
+                self._end_epoch()
+                reason = self._stop_reason()
+        if self.last_valid_step != self.step:
+            self._validate()
+            self._log()
+        if self.last_checkpoint_step != self.step:
+            self._save_checkpoint()
+        result = self._result(reason or "epochs")
+        if self.dist.main:
+            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, _summary(result, self.cfg, self.embedding))
+        self._emit("end", info={"result": result})
+        return result
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on window (x, y); stops the run on a non-finite loss or gradient."""
+        start = time.perf_counter()
+        lr = self.lr * x.size(0) / self.cfg.bptt if self.cfg.variable_bptt else self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.hidden = detach_hidden(self.hidden)
+        loss, self.hidden = self.net(x, y, self.hidden)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip or math.inf)
+        value = loss.detach()
+        if self.dist.active:
+            dist.all_reduce(value)
+            value /= self.dist.world
+        value, norm = value.item(), norm.item()
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            raise self._diverged(value, norm)
+        self.optimizer.step()
+        self.step += 1
+        self._session_steps += 1
+        tokens = y.numel() * self.dist.world
+        self.tokens += tokens
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        for key, amount in (("loss", value), ("steps", 1), ("tokens", tokens), ("seconds", seconds)):
+            self._window[key] += amount
+        self._emit("step", loss=value, lr=lr)
+
+    def _end_epoch(self) -> None:
+        if self.last_valid_step != self.step:
+            self._validate()
+            self._log()
+        self.epoch += 1
+        self.hidden = None
+        self._save_checkpoint()
+
+    def _stop_reason(self) -> str | None:
+        """max_tokens or time_budget when reached; under DDP rank 0 decides for all (clocks differ)."""
+        reason = None
+        if self.cfg.max_tokens and self.tokens >= self.cfg.max_tokens:
+            reason = "max_tokens"
+        elif self.cfg.time_budget:
+            out_of_time = torch.tensor([float(self._elapsed() >= self.cfg.time_budget)])
+            if self.dist.active:
+                dist.broadcast(out_of_time, 0)
+            reason = "time_budget" if out_of_time.item() else None
+        return reason
+
+    def _elapsed(self) -> float:
+        return self.elapsed + time.perf_counter() - self._started
+
+    # ------------------------------------------------------------------ validation and schedules
+
+    @contextlib.contextmanager
+    def _eval_weights(self):
+        """Under NT-ASGD evaluate (and save as best) the averaged weights, as AWD-LSTM does."""
+        if self.optimizer_kind != "averaged":
+            yield
+            return
+        saved = []
+        for p in self.params:
+            state = self.optimizer.state[p]
+            if "ax" in state:
+                saved.append((p, p.detach().clone()))
+                p.data.copy_(state["ax"])
+        try:
+            yield
+        finally:
+            for p, value in saved:
+                p.data.copy_(value)
+
+    def _validate(self) -> None:
+        loss = torch.zeros(1)
+        with self._eval_weights():
+            if self.dist.main:
+                loss[0] = corpus_loss(self.model, self.valid_data, self.cfg.bptt)[0]
+            if self.dist.active:
+                dist.broadcast(loss, 0)
+            loss = loss.item()
+            improved = loss < self.best_loss
+            if improved:
+                self.best_loss = loss
+                self._save_best()
+        if self.cfg.optimizer == "asgd":
+            nonmono = self.cfg.nonmono
+            stalled = len(self.history) > nonmono and loss > min(self.history[:-nonmono])
+            if self.optimizer_kind == "sgd" and stalled:
+                self.optimizer_kind = "averaged"
+                self.optimizer = self._make_optimizer("averaged")
+        elif not improved:
+            self.lr /= self.cfg.lr_decay
+        self.history.append(loss)
+        self.valid_loss, self.last_valid_step = loss, self.step
+        self._emit("valid", valid_ppl=ppl(loss), lr=self.lr)
+
+    def _save_best(self) -> None:
+        if self.dist.main:
+            checkpoint.save(self.run_dir / checkpoint.BEST, {
+                "model": self.model.state_dict(), "step": self.step, "tokens": self.tokens,
+                "valid_loss": self.best_loss, "embedding": self.embedding, "config": self.cfg.to_dict(),
+            })
+
+    # ------------------------------------------------------------------ metrics and checkpoints
+
+    def _log(self) -> None:
+        w = self._window
+        train_loss = w["loss"] / w["steps"] if w["steps"] else None
+        head = self.model.head
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "tokens": self.tokens,
+            "train_loss": train_loss,
+            "train_ppl": checkpoint.clean(ppl(train_loss)) if train_loss is not None else None,
+            "lr": self.lr,
+            "alpha": head.alpha.item() if hasattr(head, "alpha") else None,
+            "valid_loss": self.valid_loss if self.last_valid_step == self.step else None,
+            "valid_ppl": checkpoint.clean(ppl(self.valid_loss)) if self.last_valid_step == self.step else None,
+            "tok_s": w["tokens"] / w["seconds"] if w["seconds"] else None,
+            "wall": self._elapsed(),
+        }
+        if self.dist.main:
+            self.metrics.append(record)
+        self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+
+    def _save_checkpoint(self) -> None:
+        local = {"rng": torch.get_rng_state(),
+                 "hidden": None if self.hidden is None else [[h.cpu(), c.cpu()] for h, c in self.hidden]}
+        if self.device.type == "cuda":
+            local["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        ranks = [local]
+        if self.dist.active:
+            ranks = [None] * self.dist.world
+            dist.all_gather_object(ranks, local)
+        self.last_checkpoint_step = self.step
+        if not self.dist.main:
+            return
+        checkpoint.save(self.run_dir / checkpoint.LAST, {
+            "config": self.cfg.to_dict(),
+            "embedding": self.embedding,
+            "vocab_fingerprint": self.corpus.vocab.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "optimizer_kind": self.optimizer_kind,
+            "stream": self.stream.state_dict(),
+            "ranks": ranks,
+            "progress": {
+                "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self._elapsed(),
+                "train_seconds": self.train_seconds, "lr": self.lr, "best_loss": self.best_loss,
+                "valid_loss": self.valid_loss, "history": self.history, "last_valid_step": self.last_valid_step,
+            },
+        })
+        self._emit("checkpoint")
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint written by ``_save_checkpoint``."""
+        if len(state["ranks"]) != self.dist.world:
+            raise ConfigError(
+                f"{self.run_dir} was trained with {len(state['ranks'])} process(es); resume it with the same "
+                f"number (torchrun --nproc-per-node {len(state['ranks'])})"
+            )
+        if state["vocab_fingerprint"] != self.corpus.vocab.fingerprint:
+            raise ConfigError(f"the corpus vocabulary changed since {self.run_dir} was trained; restore the corpus")
+        if state["embedding"] and state["embedding"]["id"] != self.embedding["id"]:
+            raise ConfigError(
+                f"the fixed matrix changed: the run used artifact {state['embedding']['id']}, found "
+                f"{self.embedding['id']}; restore {state['embedding']['path']}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer_kind = state["optimizer_kind"]
+        self.optimizer = self._make_optimizer(self.optimizer_kind)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stream.load_state_dict(state["stream"])
+        mine = state["ranks"][self.dist.rank]
+        torch.set_rng_state(mine["rng"])
+        if "cuda_rng" in mine and self.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
+        if mine["hidden"] is not None:
+            self.hidden = [(h.to(self.device), c.to(self.device)) for h, c in mine["hidden"]]
+        p = state["progress"]
+        self.step, self.epoch, self.tokens = p["step"], p["epoch"], p["tokens"]
+        self.elapsed, self.train_seconds, self.lr = p["elapsed"], p["train_seconds"], p["lr"]
+        self.best_loss, self.valid_loss, self.history = p["best_loss"], p["valid_loss"], list(p["history"])
+        self.last_valid_step = p["last_valid_step"]
+        self.last_checkpoint_step = self.step
+        if self.dist.main:
+            self.metrics.truncate(self.step)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _diverged(self, loss: float, norm: float) -> TrainingDiverged:
+        last = self.run_dir / checkpoint.LAST
+        kept = (f"the last good checkpoint {last} (step {self.last_checkpoint_step}) is kept"
+                if self.last_checkpoint_step >= 0 else "no checkpoint had been written yet")
+        return TrainingDiverged(
+            f"training diverged at step {self.step + 1} (loss {loss}, gradient norm {norm}, lr {self.lr:g}); "
+            f"{kept}: start again with a lower --lr or --clip"
+        )
+
+    def _emit(self, kind: str, **kwargs) -> None:
+        if self.dist.main:
+            self.callback(Event(kind, self.step, self.tokens, self.total_tokens, **kwargs))
+
+    def _start_info(self) -> dict:
+        return {
+            "counts": self.model.counts(), "device": str(self.device), "world_size": self.dist.world,
+            "tokens_per_epoch": self.tokens_per_epoch, "grad_bytes_per_step": self.grad_bytes,
+            "vocab_size": len(self.corpus.vocab), "embedding": self.embedding, "resumed": self.step > 0,
+        }
+
+    def _result(self, reason: str) -> RunResult:
+        valid_ppl = ppl(self.valid_loss) if self.valid_loss is not None else math.nan
+        return RunResult(
+            run_dir=self.run_dir,
+            steps=self.step,
+            tokens=self.tokens,
+            epochs=self.epoch,
+            best_valid_ppl=ppl(self.best_loss),
+            final_valid_ppl=valid_ppl,
+            train_tokens_per_second=self.tokens / self.train_seconds if self.train_seconds else 0.0,
+            wall_seconds=self._elapsed(),
+            stop_reason=reason,
+            counts=self.model.counts(),
+            grad_bytes_per_step=self.grad_bytes,
+            sync_bytes_per_step=self.sync_bytes / self._session_steps if self.dist.active and self._session_steps
+            else None,
+            world_size=self.dist.world,
+        )
+
+
+def ppl(loss: float) -> float:
+    """Perplexity exp(loss), inf instead of an overflow error."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _rank0_first(ddp: Dist, make):
+    """Run ``make`` on rank 0 first (it may write caches), then on the others."""
+    if not ddp.main:
+        ddp.barrier()
+    value = make()
+    if ddp.main:
+        ddp.barrier()
+    return value
+
+
+def _summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> dict:
+    return {
+        "embed": config.embed,
+        "embedding": embedding,
+        "params": result.counts.to_dict(),
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "epochs": result.epochs,
+        "best_valid_ppl": checkpoint.clean(result.best_valid_ppl),
+        "final_valid_ppl": checkpoint.clean(result.final_valid_ppl),
+        "valid_tokens": config.eval_tokens or "all",
+        "train_tokens_per_second": result.train_tokens_per_second,
+        "wall_seconds": result.wall_seconds,
+        "stop_reason": result.stop_reason,
+        "grad_bytes_per_step": result.grad_bytes_per_step,
+        "sync_bytes_per_step": result.sync_bytes_per_step,
+        "world_size": result.world_size,
+    }
+
+
+def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to reuse a run name (unless ``overwrite``) and fail early if the directory is unwritable."""
+    if run_dir.exists() and not overwrite and ((run_dir / CONFIG_FILE).exists() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"{run_dir} already exists: continue it with --resume {run_dir}, replace it with --overwrite, "
+            f"or pick another --name"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test"):
+            pass
+    except OSError as exc:
+        raise LmfixError(f"cannot write to run directory {run_dir}: {exc.strerror}; choose another --runs-dir") from exc
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callback: Callback | None = None,
+) -> RunResult:
+    """Train ``config`` into ``run_dir`` (new, ``overwrite``-n, or ``resume``-d) and return the result.
+
+    With ``resume`` the config must equal the saved one except budget and
+    reporting fields (see ``resume_config``, which builds such a config).
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pick one")
+    state = None
+    if resume:
+        resume_config(run_dir, config.to_dict())
+        if not (run_dir / checkpoint.LAST).is_file():
+            raise checkpoint.CheckpointError(
+                f"nothing to resume in {run_dir}: it stopped before its first checkpoint; start it again "
+                f"with --overwrite"
+            )
+        state = checkpoint.load(run_dir / checkpoint.LAST)
+    else:
+        _check_new_run_dir(run_dir, overwrite)
+    ddp, device, created_group = init_distributed(config.device)
+    try:
+        trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
+        if state is not None:
+            trainer.restore(state)
+        elif ddp.main:
+            if overwrite:
+                for child in run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            config.save(run_dir)
+        ddp.barrier()
+        return trainer.run()
+    finally:
+        if created_group:
+            dist.destroy_process_group()

@@ -1,0 +1,212 @@
+"""``TrainConfig``: every training flag in one dataclass, saved as ``config.toml`` in the run.
+
+A recipe, the CLI and a resumed run all produce the same object. Values are
+plain str/int/float/bool so the TOML is flat and readable; "unset" is ``""``
+or ``0`` (TOML has no null). ``lr = 0`` resolves to the optimizer's usual value.
+No torch import here, so the CLI can build its parser quickly.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from . import atomic
+from .errors import LmfixError
+
+LEARNED = ("learned", "learned-untied")
+FIXED = ("orthogonal", "word2vec", "pmi", "hadamard")
+EMBEDS = LEARNED + FIXED
+OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
+DEFAULT_LR = {"sgd": 20.0, "asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
+CONFIG_FILE = "config.toml"
+# Fields a resumed run may change: how long and where it runs, how often it reports.
+RESUMABLE = frozenset({"epochs", "max_tokens", "time_budget", "device", "verify", "log_interval",
+                       "checkpoint_interval"})
+
+
+HELP = {
+    "corpus": "prepared corpus name or directory (see lmfix prepare)",
+    "data_dir": "directory holding train/valid/test text (overrides lookup)",
+    "tokenizer": "word or spm (sentencepiece)",
+    "vocab_size": "sentencepiece vocabulary size",
+    "spm_type": "sentencepiece model: unigram or bpe",
+    "verify": "check the corpus checksums",
+    "embed": f"the matrix E: {', '.join(EMBEDS)}",
+    "embeddings": "a fixed E from an artifact file (lmfix build-embeddings); --embed defaults to its method",
+    "embed_seed": "seed of the artifact built for a fixed --embed",
+    "alpha": "initial scale of a fixed classifier's logits (alpha * E x_hat + b)",
+    "fix_alpha": "keep alpha at its initial value (not learned)",
+    "normalize": "normalize x before a fixed classifier (x_hat = x / ||x||)",
+    "emsize": "size of E's rows (word vectors) and of the last LSTM's output",
+    "nhid": "hidden units of the LSTM layers below the last",
+    "nlayers": "LSTM layers",
+    "dropout": "locked dropout on the LSTM output",
+    "dropouth": "locked dropout between LSTM layers",
+    "dropouti": "locked dropout on the input embeddings",
+    "dropoute": "embedding dropout: drop whole words from E",
+    "wdrop": "DropConnect on the hidden-to-hidden weights",
+    "optimizer": f"one of {', '.join(OPTIMIZERS)} (asgd: SGD, then averaging when validation stalls)",
+    "lr": "learning rate (default 20 for sgd, 30 for asgd, 1e-3 for adam/adamw)",
+    "lr_decay": "divide lr by this when validation does not improve (sgd, adam, adamw)",
+    "nonmono": "asgd: validations without improvement before averaging starts",
+    "clip": "max gradient norm (0: no clipping)",
+    "weight_decay": "weight decay on every trainable parameter, alpha included",
+    "batch_size": "sequences per batch (per process under torchrun)",
+    "eval_batch_size": "batch size for validation during training",
+    "bptt": "sequence length",
+    "variable_bptt": "AWD-LSTM random sequence lengths around --bptt",
+    "epochs": "passes over the training data",
+    "max_tokens": "stop after this many training tokens, e.g. 2M (0: no limit)",
+    "time_budget": "stop after this much wall time, e.g. 90s, 10m, 2h (0: no limit)",
+    "seed": "random seed",
+    "device": "auto (cuda when available), cpu, cuda, cuda:N",
+    "log_interval": "steps between metrics lines",
+    "eval_interval": "steps between validations (0: at epoch ends only)",
+    "eval_tokens": "validate on the first N valid tokens during training (0: all)",
+    "checkpoint_interval": "steps between checkpoints, also written at each epoch end (0: epoch ends only)",
+}
+
+
+class ConfigError(LmfixError):
+    """A training setting is invalid or contradicts the run being resumed."""
+
+
+@dataclass
+class TrainConfig:
+    """All training settings; ``HELP`` documents each (it is the CLI's help text too)."""
+
+    # data (see `lmfix prepare`)
+    corpus: str = "wikitext-2"
+    data_dir: str = ""
+    tokenizer: str = "word"
+    vocab_size: int = 0
+    spm_type: str = "unigram"
+    verify: bool = True
+    # the matrix E
+    embed: str = "learned"
+    embeddings: str = ""
+    embed_seed: int = 0
+    alpha: float = 10.0
+    fix_alpha: bool = False
+    normalize: bool = True
+    # the LSTM
+    emsize: int = 200
+    nhid: int = 200
+    nlayers: int = 2
+    dropout: float = 0.2
+    dropouth: float = 0.2
+    dropouti: float = 0.2
+    dropoute: float = 0.0
+    wdrop: float = 0.0
+    # optimization
+    optimizer: str = "sgd"
+    lr: float = 0.0
+    lr_decay: float = 4.0
+    nonmono: int = 5
+    clip: float = 0.25
+    weight_decay: float = 0.0
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    bptt: int = 35
+    variable_bptt: bool = False
+    # budget
+    epochs: int = 40
+    max_tokens: int = 0
+    time_budget: float = 0.0
+    seed: int = 1111
+    device: str = "auto"
+    # reporting
+    log_interval: int = 200
+    eval_interval: int = 0
+    eval_tokens: int = 0
+    checkpoint_interval: int = 500
+
+    def __post_init__(self) -> None:
+        if self.embed not in EMBEDS:
+            raise ConfigError(f"unknown --embed {self.embed!r}; choose one of {', '.join(EMBEDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr == 0:
+            self.lr = DEFAULT_LR[self.optimizer]
+        positive = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "bptt", "epochs", "lr")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.embeddings and self.embed == "learned":  # the default: take the artifact's method
+            from .embeddings import load_artifact
+
+            self.embed = load_artifact(self.embeddings).method
+        if self.embeddings and self.embed not in FIXED:
+            raise ConfigError(f"--embeddings FILE gives a fixed matrix; drop --embed {self.embed} (or the file)")
+
+    @property
+    def fixed(self) -> bool:
+        return self.embed in FIXED or bool(self.embeddings)
+
+    def model_config(self):
+        from .model import ModelConfig  # torch: imported only when a model is built
+
+        return ModelConfig(self.emsize, self.nhid, self.nlayers, self.dropout, self.dropouth, self.dropouti,
+                           self.dropoute, self.wdrop)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Build from a mapping (a recipe, a saved config); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; see lmfix train --help")
+        return cls(**data)
+
+    def to_toml(self) -> str:
+        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+
+    def save(self, run_dir: Path) -> None:
+        atomic.write_text(Path(run_dir) / CONFIG_FILE, self.to_toml())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TrainConfig:
+        path = Path(run_dir) / CONFIG_FILE
+        try:
+            return cls.from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"{run_dir} is not a training run (no {CONFIG_FILE}); check the path") from None
+        except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
+            raise ConfigError(f"cannot read {path} ({exc}); restore it or start a new run") from exc
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple]:
+        """{field: (self value, other value)} for fields that differ."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def resume_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
+    """The saved config of ``run_dir`` with ``overrides`` applied; only budget/reporting fields may change."""
+    saved = TrainConfig.load(run_dir)
+    changed = {k: v for k, v in (overrides or {}).items() if getattr(saved, k, object()) != v}
+    refused = sorted(set(changed) - RESUMABLE)
+    if refused:
+        k = refused[0]
+        flag = "--" + k.replace("_", "-")
+        raise ConfigError(
+            f"{run_dir} was trained with {flag} {getattr(saved, k, '?')!r}, not {changed[k]!r}: resume without "
+            f"{flag}, or start a new run (--name NEW or --overwrite)"
+        )
+    return replace(saved, **changed)

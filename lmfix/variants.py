@@ -1,0 +1,70 @@
+"""From a ``TrainConfig`` to a model: which head each ``--embed`` gives, and where its fixed E comes from.
+
+A fixed E is never saved in checkpoints; a run records the artifact's id (a
+content hash) and finds the same matrix again through the artifact file or the
+embeddings cache, refusing a different one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .corpus import Corpus, load
+from .heads import DenseFixedHead, HadamardHead, Head, LearnedHead
+from .model import LanguageModel
+from .train_config import ConfigError, TrainConfig
+
+
+def load_corpus(config: TrainConfig) -> Corpus:
+    """The prepared corpus a run trains on (prepared first if needed)."""
+    from .tokenizers import TokenizerConfig
+
+    tok = TokenizerConfig(config.tokenizer, config.vocab_size or None, config.spm_type)
+    return load(config.corpus, data_dir=config.data_dir or None, tokenizer=tok, verify=config.verify)
+
+
+def load_fixed_artifact(config: TrainConfig, corpus: Corpus, expected: dict | None = None):
+    """The embedding artifact of a fixed run: ``--embeddings FILE`` or built/cached for ``--embed``."""
+    from .embeddings import get_or_build, load_artifact
+
+    if config.embeddings:
+        art = load_artifact(config.embeddings, vocab=corpus.vocab)
+        if config.embed != art.method:
+            raise ConfigError(f"{config.embeddings} holds a {art.method} matrix; pass --embed {art.method} with it")
+    else:
+        art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed)
+    if art.shape[1] != config.emsize:
+        raise ConfigError(
+            f"{art.path} has dimension {art.shape[1]} but --emsize is {config.emsize}: pass --emsize "
+            f"{art.shape[1]} or build an artifact with dimension {config.emsize}"
+        )
+    if expected is not None and art.id != expected["id"]:
+        raise ConfigError(
+            f"the fixed matrix changed: {art.path} has id {art.id} but the run was trained with "
+            f"{expected['id']} ({expected.get('path')}); restore that file"
+        )
+    return art
+
+
+def build_head(config: TrainConfig, corpus: Corpus, expected: dict | None = None) -> tuple[Head, dict | None]:
+    """The head for ``config`` and, for a fixed E, a reference to its artifact (for checkpoints)."""
+    vocab_size = len(corpus.vocab)
+    if not config.fixed:
+        return LearnedHead(vocab_size, config.emsize, tied=config.embed == "learned"), None
+    art = load_fixed_artifact(config, corpus, expected)
+    scale = {"alpha": config.alpha, "learn_alpha": not config.fix_alpha, "normalize": config.normalize}
+    if art.hadamard is not None:
+        head = HadamardHead(art.hadamard, **scale)
+    else:
+        head = DenseFixedHead(torch.from_numpy(art.matrix), **scale)
+    ref = {"method": art.method, "id": art.id, "path": str(Path(art.path).resolve()) if art.path else "",
+           "vocab_fingerprint": art.vocab_fingerprint}
+    return head, ref
+
+
+def build_model(config: TrainConfig, corpus: Corpus, expected: dict | None = None) -> tuple[LanguageModel, dict | None]:
+    """The language model for ``config`` (weights freshly initialised from torch's current RNG)."""
+    head, ref = build_head(config, corpus, expected)
+    return LanguageModel(head, config.model_config()), ref

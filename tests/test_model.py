@@ -1,0 +1,132 @@
+"""Heads and the LSTM body: frozen E stays frozen, fused losses are exact, parameters are counted right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmfix.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
+from lmfix.model import LanguageModel, ModelConfig, detach_hidden
+from lmfix.ops import make_layout
+
+V, D = 50, 16
+NO_DROPOUT = ModelConfig(emsize=D, nhid=24, nlayers=2, dropout=0, dropouth=0, dropouti=0)
+
+
+def unit_rows(v: int = V, d: int = D, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(v, d, generator=g), dim=1)
+
+
+def batch(seed: int = 0, t: int = 7, b: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(V, (t, b), generator=g), torch.randint(V, (t, b), generator=g)
+
+
+def sgd_steps(model: LanguageModel, steps: int = 5, lr: float = 0.5) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr)
+    hidden = model.init_hidden(3)
+    for i in range(steps):
+        x, y = batch(i)
+        loss, hidden = model(x, y, detach_hidden(hidden))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("make_head", [
+    lambda: DenseFixedHead(unit_rows()),
+    lambda: HadamardHead(make_layout(V, D)),
+], ids=["dense", "hadamard"])
+def test_fixed_matrix_gets_no_gradient_and_stays_bit_identical(make_head):
+    model = LanguageModel(make_head(), NO_DROPOUT)
+    before = model.head.embed(torch.arange(V)).clone()
+    alpha0, bias0 = model.head.alpha.item(), model.head.bias.detach().clone()
+    assert all(p.requires_grad for p in model.parameters())  # E is not a parameter at all
+    assert "weight" not in model.state_dict() and "head.weight" not in model.state_dict()
+    sgd_steps(model)
+    assert torch.equal(model.head.embed(torch.arange(V)), before)
+    assert model.head.alpha.item() != alpha0  # alpha and bias learn
+    assert not torch.equal(model.head.bias.detach(), bias0)
+
+
+def test_fix_alpha_keeps_alpha():
+    model = LanguageModel(DenseFixedHead(unit_rows(), alpha=7.0, learn_alpha=False), NO_DROPOUT)
+    sgd_steps(model)
+    assert model.head.alpha.item() == 7.0
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_dense_loss_matches_autograd(normalize: bool, reduction: str, monkeypatch):
+    monkeypatch.setattr("lmfix.heads._CHUNK_ELEMENTS", 7 * V)  # several chunks, the last one partial
+    head = DenseFixedHead(unit_rows(), alpha=3.0, normalize=normalize)
+    with torch.no_grad():
+        head.bias.normal_()
+    x = torch.randn(40, D, dtype=torch.float32, requires_grad=True)
+    target = torch.randint(V, (40,))
+    fused = head.loss(x, target, reduction)
+    grads = torch.autograd.grad(fused, [x, head.alpha, head.bias])
+    reference = F.cross_entropy(head.logits(x), target, reduction=reduction)
+    expected = torch.autograd.grad(reference, [x, head.alpha, head.bias])
+    torch.testing.assert_close(fused, reference)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_hadamard_head_equals_dense_head_on_the_same_matrix():
+    layout = make_layout(V, D, seed=3)
+    had, dense = HadamardHead(layout, alpha=4.0), DenseFixedHead(layout.dense(), alpha=4.0)
+    ids = torch.randint(V, (5, 2))
+    torch.testing.assert_close(had.embed(ids), dense.embed(ids))
+    x, target = torch.randn(12, D), torch.randint(V, (12,))
+    torch.testing.assert_close(had.logits(x), dense.logits(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(had.loss(x, target), dense.loss(x, target), rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_accounting():
+    lstm = LanguageModel(LearnedHead(V, D), NO_DROPOUT).layers
+    lstm_params = sum(p.numel() for p in lstm.parameters())
+    tied = LanguageModel(LearnedHead(V, D), NO_DROPOUT).counts()
+    untied = LanguageModel(LearnedHead(V, D, tied=False), NO_DROPOUT).counts()
+    dense = LanguageModel(DenseFixedHead(unit_rows()), NO_DROPOUT).counts()
+    fixed_alpha = LanguageModel(DenseFixedHead(unit_rows(), learn_alpha=False), NO_DROPOUT).counts()
+    had = LanguageModel(HadamardHead(make_layout(V, D)), NO_DROPOUT).counts()
+    assert tied == ParamCounts(lstm_params + V * D + V, 0, 0)
+    assert untied.trainable == tied.trainable + V * D
+    assert dense == ParamCounts(lstm_params + V + 1, V * D, 0)
+    assert fixed_alpha == ParamCounts(lstm_params + V, V * D + 1, 0)
+    assert had == ParamCounts(lstm_params + V + 1, 0, V * D)
+    assert had.stored == dense.trainable and had.total == dense.total == tied.total + 1
+
+
+def test_last_layer_outputs_emsize_and_hidden_shapes():
+    model = LanguageModel(LearnedHead(V, D), ModelConfig(emsize=D, nhid=40, nlayers=3))
+    hidden = model.init_hidden(4)
+    assert [h.shape[-1] for h, _ in hidden] == [40, 40, D]
+    x, _ = batch(b=4)
+    out, hidden = model.features(x, hidden)
+    assert out.shape == (7, 4, D)
+    logits, _ = model.logits(x, hidden)
+    assert logits.shape == (7, 4, V)
+
+
+def test_dropouts_are_off_at_zero_and_active_otherwise():
+    torch.manual_seed(0)
+    model = LanguageModel(LearnedHead(V, D), NO_DROPOUT)
+    x, y = batch()
+    train_loss = model(x, y, model.init_hidden(3))[0]
+    model.eval()
+    assert torch.equal(train_loss, model(x, y, model.init_hidden(3))[0])
+
+    cfg = ModelConfig(emsize=D, nhid=24, nlayers=2, dropout=0.3, dropouth=0.3, dropouti=0.3, dropoute=0.3, wdrop=0.5)
+    model = LanguageModel(LearnedHead(V, D), cfg)
+    losses = {model(x, y, model.init_hidden(3))[0].item() for _ in range(3)}
+    assert len(losses) == 3
+    loss = model(x, y, model.init_hidden(3))[0]
+    loss.backward()
+    assert model.layers[0].lstm.weight_hh_l0.grad.abs().sum() > 0  # DropConnect keeps the raw weight learning
+    model.eval()
+    assert model(x, y, model.init_hidden(3))[0].item() == model(x, y, model.init_hidden(3))[0].item()

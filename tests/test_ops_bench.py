@@ -1,0 +1,31 @@
+"""The head benchmark on tiny sizes: rows, comparisons with dense, the markdown table."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmfix.ops.bench_head import format_head_table, run_head_bench
+
+
+def test_bench_rows_and_table():
+    results = run_head_bench(vocab=2000, dim=32, tokens=64, repeats=1)
+    assert [r["head"] for r in results] == ["dense", "distinct", "truncated"]
+    dense, distinct, truncated = results
+    assert dense["speedup_vs_dense"] == 1.0 and dense["matrix_mb"] > 0
+    assert distinct["distinct_rows"] == 2000 and truncated["distinct_rows"] == 32
+    for row in (distinct, truncated):
+        assert row["median_s"] > 0 and row["matrix_mb"] == 0
+        assert row["largest_tensor_mb"] < dense["matrix_mb"]
+    table = format_head_table(results)
+    assert table.count("\n") == 4 and "| distinct | 2000 | 32 | 64 |" in table
+
+
+def test_bench_skips_a_dense_matrix_that_does_not_fit():
+    results = run_head_bench(vocab=500, dim=16, tokens=8, repeats=1, layouts=("dense", "truncated"), max_matrix_gb=1e-6)
+    assert "skipped" in results[0] and "speedup_vs_dense" not in results[1]
+    assert "skipped: V x d matrix needs" in format_head_table(results)
+
+
+def test_bench_rejects_unknown_heads():
+    with pytest.raises(ValueError, match="choose from dense, distinct, truncated"):
+        run_head_bench(layouts=("sparse",))
