@@ -104,12 +104,14 @@ def randomized_svd(m, k: int, power_iters: int, seed: int) -> tuple[np.ndarray, 
     """
     from scipy import linalg
 
+    def basis(block: np.ndarray) -> np.ndarray:  # same span, well conditioned: the permuted L of LU
+        return linalg.lu(block, permute_l=True, check_finite=False)[0]
+
     width = min(k + max(16, k // 2), min(m.shape))
     mt = m.T  # CSC view: its products are faster than with a CSR copy
     y = m @ np.random.default_rng(seed).standard_normal((m.shape[1], width), dtype=np.float32)
     for _ in range(power_iters):
-        y = m @ linalg.lu(mt @ linalg.lu(y, permute_l=True, check_finite=False)[0], permute_l=True,
-                          check_finite=False)[0]
+        y = m @ basis(mt @ basis(y))
     q = linalg.qr(y, mode="economic", overwrite_a=True, check_finite=False)[0]
     b_t = mt @ q
     values, vectors = np.linalg.eigh((b_t.T @ b_t).astype(np.float64))

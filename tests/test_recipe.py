@@ -1,0 +1,91 @@
+"""Recipes: the shipped TOML files load, the smoke recipe runs end to end, reruns skip and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmfix.cli import main
+from lmfix.recipe import RECIPES_DIR, RecipeError, load_recipe, run_recipe
+from lmfix.train_config import EMBEDS
+
+PAPER_VARIANTS = ["learned", "learned-untied", "orthogonal", "word2vec", "pmi", "hadamard", "hadamard-truncated"]
+
+
+@pytest.mark.parametrize("name", ["smoke", "wt2-cpu", "wt2-paper"])
+def test_shipped_recipes_load_and_cover_every_variant(name: str):
+    recipe = load_recipe(RECIPES_DIR / name)
+    assert [v.name for v in recipe.variants] == PAPER_VARIANTS
+    configs = {v.name: recipe.config(v) for v in recipe.variants}
+    assert {c.embed for c in configs.values()} == set(EMBEDS)
+    assert recipe.variants[-1].embeddings == {"layout": "truncated"}
+    # Every variant of a recipe trains the same model at the same budget.
+    shapes = {(c.emsize, c.nhid, c.nlayers, c.max_tokens, c.epochs, c.seed) for c in configs.values()}
+    assert len(shapes) == 1
+
+
+def test_paper_recipe_is_the_papers_model():
+    recipe = load_recipe(RECIPES_DIR / "wt2-paper")
+    c = recipe.config(recipe.variants[0])
+    assert (c.corpus, c.emsize, c.nhid, c.nlayers, c.optimizer) == ("wikitext-2", 512, 512, 2, "asgd")
+    assert recipe.evaluate["batch_size"] == 1
+
+
+def test_variant_file_and_only_select(tmp_path: Path):
+    one = load_recipe(RECIPES_DIR / "smoke" / "pmi.toml")
+    assert [v.name for v in one.variants] == ["pmi"]
+    with pytest.raises(RecipeError, match="no variant 'glove'"):
+        load_recipe(RECIPES_DIR / "smoke").select(["glove"])
+
+
+def test_bad_recipe_fails_before_training(tmp_path: Path):
+    (tmp_path / "recipe.toml").write_text('[recipe]\nvariants = ["a"]\n[train]\nemsize = 16\n')
+    (tmp_path / "a.toml").write_text('[train]\nembed = "glove"\n')
+    with pytest.raises(RecipeError, match="a.toml.*unknown --embed 'glove'"):
+        load_recipe(tmp_path)
+    assert main(["run", str(tmp_path / "missing")]) == 2
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_smoke_recipe_runs_skips_and_resumes(tmp_path: Path):
+    recipe = load_recipe(RECIPES_DIR / "smoke")
+    out = tmp_path / "smoke"
+    overrides = {"max_tokens": 3200, "eval_interval": 5, "checkpoint_interval": 5}
+
+    # First pass: interrupted during the third variant, after one of its checkpoints.
+    state = {"variant": 0}
+
+    def events(event):
+        if event.kind in ("train", "resume"):
+            state["variant"] += 1
+
+    def stop_in_third(event):
+        if state["variant"] == 3 and event.kind == "checkpoint":
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_recipe(recipe, output=out, overrides=overrides, on_event=events, train_callback=stop_in_third)
+    third = recipe.variants[2].name
+    assert (out / third / "checkpoint.pt").is_file() and not (out / third / "summary.json").exists()
+
+    # Second pass: finished variants skipped, the interrupted one resumed, the rest trained.
+    seen = []
+    result = run_recipe(recipe, output=out, overrides=overrides, on_event=lambda e: seen.append((e.kind, e.variant)))
+    kinds = {v: [k for k, name in seen if name == v] for v in PAPER_VARIANTS}
+    assert kinds["learned"] == ["skip"] and kinds["learned-untied"] == ["skip"]
+    assert "resume" in kinds[third]
+    assert all("train" in kinds[v] for v in PAPER_VARIANTS[3:])
+
+    report = result.report.read_text()
+    for name in PAPER_VARIANTS:
+        assert f"| {name} |" in report
+    assert all(p.is_file() and p.stat().st_size > 1000 for p in result.plots)
+
+    # Third pass: nothing left to do.
+    seen.clear()
+    run_recipe(recipe, output=out, overrides=overrides, on_event=lambda e: seen.append(e.kind))
+    assert set(seen) == {"skip"}
