@@ -25,7 +25,21 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
+    return device
+
+
+def batchify_split(ids: torch.Tensor, batch_size: int, split: str) -> torch.Tensor:
+    """``batchify`` with a one-line error for a split too small for the batch size."""
+    try:
+        return batchify(ids, batch_size)
+    except ValueError as exc:
+        raise ConfigError(f"the {split} split: {exc}; lower the batch size (or raise --eval-tokens)") from None
 
 
 @torch.no_grad()
@@ -67,7 +81,7 @@ def evaluate_run(
     model, config, corpus, best = load_trained(run_dir, device)
     if batch_size is None:
         batch_size = 1 if split == "test" else config.eval_batch_size
-    data = batchify(corpus.split(split), batch_size).to(model.head.bias.device)
+    data = batchify_split(corpus.split(split), batch_size, split).to(model.head.bias.device)
     start = time.perf_counter()
     loss, tokens = corpus_loss(model, data, config.bptt)
     seconds = time.perf_counter() - start

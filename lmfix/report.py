@@ -58,8 +58,10 @@ def load_run(path: Path) -> Run:
     return Run(path, config, summary, evals, checkpoint.MetricsLog(path / checkpoint.METRICS).read())
 
 
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.2f}M"
+def _count(n: int) -> str:
+    if n < 10_000:
+        return f"{n:,}"
+    return f"{n / 1e3:.1f}k" if n < 1_000_000 else f"{n / 1e6:.2f}M"
 
 
 def _duration(seconds: float) -> str:
@@ -104,8 +106,8 @@ def markdown_table(runs: list[Run]) -> str:
         valid, measured = run.valid_ppl
         estimated |= not measured
         lines.append(
-            f"| {run.name} | {variant(run)} | {_millions(params['trainable'])} | {_millions(params['stored'])} "
-            f"| {_millions(params['total'])} | {_change(params['trainable'], base_trainable)} "
+            f"| {run.name} | {variant(run)} | {_count(params['trainable'])} | {_count(params['stored'])} "
+            f"| {_count(params['total'])} | {_change(params['trainable'], base_trainable)} "
             f"| {_ppl(valid, '' if measured else '*')} | {_change(valid, base_valid)} | {_ppl(run.test_ppl)} "
             f"| {_change(run.test_ppl, base_test)} | {run.summary['train_tokens_per_second']:,.0f} "
             f"| {_duration(run.summary['wall_seconds'])} |"
@@ -134,7 +136,13 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
     if log_y:
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            formatter = ScalarFormatter()
+            formatter.set_scientific(False)
+            axis(formatter)
     ax.set_xlabel("training tokens seen")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -160,7 +168,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:
             points = [(m["tokens"], m[key]) for m in run.metrics if m.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
-                result.append((f"{run.name} ({variant(run)})", list(xs), list(ys)))
+                label = run.name if run.name == variant(run) else f"{run.name} ({variant(run)})"
+                result.append((label, list(xs), list(ys)))
         return result
 
     plots = [_plot(out_dir / VALID_PLOT, "Validation perplexity", "valid perplexity", series("valid_ppl", runs), True)]

@@ -29,9 +29,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
-from .batching import BPTTStream, batchify
+from .batching import BPTTStream
 from .errors import LmfixError
-from .evaluate import corpus_loss, resolve_device
+from .evaluate import batchify_split, corpus_loss, resolve_device
 from .heads import ParamCounts
 from .model import detach_hidden
 from .train_config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
@@ -127,11 +127,11 @@ class Trainer:
         self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
         self.optimizer = self._make_optimizer(self.optimizer_kind)
 
-        columns = batchify(self.corpus.train, config.batch_size * ddp.world)
+        columns = batchify_split(self.corpus.train, config.batch_size * ddp.world, "train")
         mine = columns[:, ddp.rank * config.batch_size : (ddp.rank + 1) * config.batch_size]
         self.stream = BPTTStream(mine.contiguous().to(device), config.bptt, config.variable_bptt, seed=config.seed)
         valid = self.corpus.valid[: config.eval_tokens or None]
-        self.valid_data = batchify(valid, config.eval_batch_size).to(device)
+        self.valid_data = batchify_split(valid, config.eval_batch_size, "valid").to(device)
         self.tokens_per_epoch = (columns.size(0) - 1) * columns.size(1)
         self.metrics = checkpoint.MetricsLog(run_dir / checkpoint.METRICS)
 
@@ -143,6 +143,7 @@ class Trainer:
         self.history: list[float] = []
         self.last_valid_step = self.last_checkpoint_step = -1
         self.hidden = None
+        # this session only (not saved): the metrics window, the clock
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         self._session_steps = 0
         self._started = time.perf_counter()

@@ -134,6 +134,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("clip", "weight_decay", "max_tokens", "time_budget", "eval_interval", "eval_tokens",
+                     "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.nonmono < 1 or self.log_interval < 1 or self.lr_decay < 1:
+            raise ConfigError("--nonmono and --log-interval must be >= 1, and --lr-decay >= 1 (1: no decay)")
         for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")

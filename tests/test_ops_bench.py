@@ -17,7 +17,7 @@ def test_bench_rows_and_table():
         assert row["median_s"] > 0 and row["matrix_mb"] == 0
         assert row["largest_tensor_mb"] < dense["matrix_mb"]
     table = format_head_table(results)
-    assert table.count("\n") == 4 and "| distinct | 2000 | 32 | 64 |" in table
+    assert table.count("\n") == 4 and "| distinct | 2000 | 32 | 64 |" in table and "load avg" in table
 
 
 def test_bench_skips_a_dense_matrix_that_does_not_fit():

@@ -42,6 +42,7 @@ def test_large_order_recursion():
 def test_gradient_is_the_transform():
     x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fwht, (x,))
+    assert torch.autograd.gradgradcheck(fwht, (x,))
     grad = torch.randn(4, 8, dtype=torch.float64)
     fwht(x).backward(grad)
     torch.testing.assert_close(x.grad, grad @ dense_hadamard(8))

@@ -142,3 +142,10 @@ def test_rejects_bad_arguments(kwargs, message):
         hadamard_cross_entropy(x, target, layout, **kwargs)
     with pytest.raises(ValueError, match="last dim 16"):
         hadamard_cross_entropy(x[:, :16], target, layout)
+    with pytest.raises(ValueError, match="13 hidden states but 12 targets"):
+        hadamard_cross_entropy(x, target[:12], layout)
+    for bad in (-1, 1000):
+        with pytest.raises(ValueError, match=r"word ids in \[0, 1000\)"):
+            hadamard_cross_entropy(x, torch.full_like(target, bad), layout)
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., 32\)"):
+        hadamard_logits(x[:, :16], layout)

@@ -146,6 +146,18 @@ class EmbeddingArtifact:
         return path
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after a long build, if ``path`` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise EmbeddingError(f"cannot write {path}: it is a directory; give a file name such as {path / 'emb.npz'}")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise EmbeddingError(f"cannot write {path}: {folder} is not a writable directory; choose another -o path")
+
+
 def _bytes_array(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 

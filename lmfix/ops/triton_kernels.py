@@ -7,8 +7,9 @@ so +-1 products are not rounded to TF32. The loss kernels give each program
 ROWS tokens and stream over the R vocabulary blocks: forward keeps an online
 max / sum-exp per token, backward recomputes each block, accumulates
 ``E'^T (w p)`` in registers and adds ``sum_t w p`` to the bias gradient with
-atomics. Tiles are kept to ~4K fp32 elements per live tensor so the kernels fit
-a real GPU's registers; larger blocks fall back to the torch path.
+atomics. Tiles are kept to ~4K fp32 elements per live tensor (one 8K row for
+the largest transform) so the kernels fit a real GPU's registers; larger
+orders and blocks fall back to the torch path (cuBLAS GEMMs).
 
 Tests run these kernels on CPU tensors under ``TRITON_INTERPRET=1``.
 """

@@ -1,0 +1,47 @@
+"""``lmfix compare``: the markdown table against the learned tied baseline, and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmfix.cli import main
+from lmfix.evaluate import evaluate_run
+from lmfix.report import compare_runs
+from lmfix.train import train
+from tests.test_train import assert_one_line_error, one_thread, tiny_config  # noqa: F401
+
+
+def test_compare_table_and_plots(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    runs = []
+    for embed in ("learned", "orthogonal", "hadamard"):
+        run = tmp_path / "runs" / embed
+        train(tiny_config(tiny_corpus_dir, embed=embed, max_tokens=500, eval_interval=5), run)
+        runs.append(run)
+    evaluate_run(runs[0], "test")
+    evaluate_run(runs[1], "test")
+
+    table, plots = compare_runs(runs, tmp_path / "out")
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in lines[2:5]}
+    col = {name: i for i, name in enumerate(header)}
+    assert rows["learned"][col["Δ valid"]] == "+0.0%" and rows["learned"][col["trainable vs learned"]] == "+0.0%"
+    assert rows["orthogonal"][col["trainable vs learned"]].startswith("-")
+    assert rows["hadamard"][col["stored"]] == rows["hadamard"][col["trainable"]]  # E is generated, not stored
+    assert rows["orthogonal"][col["stored"]] != rows["orthogonal"][col["trainable"]]
+    assert rows["hadamard"][col["test ppl"]] == "—" and rows["orthogonal"][col["Δ test"]].endswith("%")
+    assert "relative to the learned tied run learned" in table
+    assert [p.name for p in plots] == ["valid_ppl.png", "alpha.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert (tmp_path / "out" / "compare.md").read_text() == table
+
+    assert main(["compare", *map(str, runs[1:])]) == 0  # no learned baseline: still a table
+    out = capsys.readouterr().out
+    assert "No learned tied run" in out and (tmp_path / "runs" / "compare" / "compare.md").is_file()
+
+
+def test_compare_refuses_an_unfinished_run(tmp_path: Path, tiny_corpus_dir: Path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    tiny_config(tiny_corpus_dir).save(run)
+    assert_one_line_error(main(["compare", str(run)]), capsys.readouterr().err, "has not finished training")

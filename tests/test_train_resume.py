@@ -1,0 +1,64 @@
+"""A run killed with SIGKILL and resumed ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lmfix import checkpoint
+from lmfix.cli import main
+from lmfix.train import train
+from tests.test_train import one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
+
+# Everything that draws random numbers or changes the schedule mid-run is on.
+HARD = dict(epochs=3, dropoute=0.1, wdrop=0.2, variable_bptt=True, optimizer="asgd", nonmono=1, lr=30.0,
+            eval_interval=12, checkpoint_interval=7, log_interval=4)
+
+# Trains like `lmfix train`, slowed down per step so the test can kill it mid-run.
+CHILD = """
+import json, sys, time, torch
+from lmfix.train import train
+from lmfix.train_config import TrainConfig
+torch.set_num_threads(1)
+slow = lambda event: time.sleep(0.03) if event.kind == "step" else None
+train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=slow)
+"""
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    config = tiny_config(tiny_corpus_dir, **HARD)
+    reference = train(config, tmp_path / "reference")
+
+    run = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config.to_dict()), str(run)],
+                             cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while not (run / checkpoint.LAST).exists():
+        assert child.poll() is None, "the training process ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = checkpoint.load(run / checkpoint.LAST)["progress"]["step"]
+    assert not (run / checkpoint.SUMMARY).exists() and killed_at < reference.steps
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    resumed = json.loads((run / checkpoint.SUMMARY).read_text())
+    assert resumed["steps"] == reference.steps and resumed["tokens"] == reference.tokens
+    assert abs(resumed["final_valid_ppl"] - reference.final_valid_ppl) <= 1e-6 * reference.final_valid_ppl
+    assert abs(resumed["best_valid_ppl"] - reference.best_valid_ppl) <= 1e-6 * reference.best_valid_ppl
+
+    def curve(path: Path) -> list[tuple]:
+        records = checkpoint.MetricsLog(path / checkpoint.METRICS).read()
+        return [(m["step"], m["tokens"], m["valid_ppl"]) for m in records]
+
+    assert [s for s, _, _ in curve(run)] == [s for s, _, _ in curve(tmp_path / "reference")]  # no duplicates
+    for (_, _, a), (_, _, b) in zip(curve(run), curve(tmp_path / "reference"), strict=True):
+        assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-6 * b)
+    assert checkpoint.load(run / checkpoint.LAST)["optimizer_kind"] == "averaged"
