@@ -400,6 +400,10 @@ class _TrainProgress:
         elif event.kind == "valid":
             self.bar.write(f"step {event.step:,} | {event.tokens:,} tokens | valid ppl {event.valid_ppl:,.2f} "
                            f"| lr {event.lr:.3g}", file=sys.stderr)
+        elif event.kind == "interrupted":
+            self.close()
+            print(f"checkpoint saved at step {event.step:,}; continue with: lmfix train --resume {event.info['run_dir']}",
+                  file=sys.stderr)
         elif event.kind == "end":
             self.close()
 
@@ -551,6 +555,35 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 
 
 BENCH_COMMANDS.append(_add_bench_train)
+
+
+def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "head", help="output layer forward+backward: dense fixed head vs the Hadamard heads (time, memory)",
+        description="Medians of several repeats, speed-up and peak extra memory relative to the dense head "
+        "measured in the same run. Run it on an otherwise idle machine.",
+    )
+    p.add_argument("--vocab", type=_positive_int, default=33278, help="V (default: WikiText-2's 33,278)")
+    p.add_argument("--dim", type=_positive_int, default=512, help="d (default: 512)")
+    p.add_argument("--tokens", type=_positive_int, default=700, help="tokens per step (default: 700 = 20 x 35)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats per head (default: 5)")
+    p.add_argument("--layouts", default="dense,distinct,truncated", help="comma-separated heads to run")
+    p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
+    p.set_defaults(func=cmd_bench_head)
+
+
+def cmd_bench_head(args: argparse.Namespace) -> None:
+    from .ops.bench_head import format_head_table, run_head_bench
+
+    try:
+        results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, args.layouts.split(","),
+                                 max_matrix_gb=args.max_matrix_gb)
+    except ValueError as exc:  # unknown head names, sizes a layout cannot serve
+        raise LmfixError(str(exc)) from exc
+    print(format_head_table(results))
+
+
+BENCH_COMMANDS.append(_add_bench_head)
 
 
 # --------------------------------------------------------------------------- run, demo

@@ -18,7 +18,9 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ class TrainingDiverged(LmfixError):
 
 @dataclass
 class Event:
-    """What the loop reports: ``start``, ``step``, ``valid``, ``checkpoint`` or ``end``."""
+    """What the loop reports: ``start``, ``step``, ``valid``, ``checkpoint``, ``interrupted`` or ``end``."""
 
     kind: str
     step: int
@@ -146,6 +148,7 @@ class Trainer:
         # this session only (not saved): the metrics window, the clock
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         self._session_steps = 0
+        self._interrupted = False
         self._started = time.perf_counter()
 
     # ------------------------------------------------------------------ setup
@@ -184,6 +187,25 @@ class Trainer:
 
     def run(self) -> RunResult:
         self._emit("start", info=self._start_info())
+        with self._ctrl_c_stops():
+            reason = self._loop()
+        if reason == "interrupted":
+            self._save_checkpoint()
+            self._emit("interrupted", info={"run_dir": str(self.run_dir)})
+            raise KeyboardInterrupt
+        if self.last_valid_step != self.step:
+            self._validate()
+            self._log()
+        if self.last_checkpoint_step != self.step:
+            self._save_checkpoint()
+        result = self._result(reason or "epochs")
+        if self.dist.main:
+            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, _summary(result, self.cfg, self.embedding))
+        self._emit("end", info={"result": result})
+        return result
+
+    def _loop(self) -> str | None:
+        """Train until the epochs are done or a budget (or Ctrl-C) stops it; returns the stop reason."""
         reason = self._stop_reason()
         while reason is None and self.epoch < self.cfg.epochs:
             if self.hidden is None:
@@ -203,16 +225,25 @@ class Trainer:
             else:
                 self._end_epoch()
                 reason = self._stop_reason()
-        if self.last_valid_step != self.step:
-            self._validate()
-            self._log()
-        if self.last_checkpoint_step != self.step:
-            self._save_checkpoint()
-        result = self._result(reason or "epochs")
-        if self.dist.main:
-            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, _summary(result, self.cfg, self.embedding))
-        self._emit("end", info={"result": result})
-        return result
+        return reason
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops(self):
+        """Single process: Ctrl-C finishes the current step and checkpoints (a second Ctrl-C stops at once)."""
+        if self.dist.active or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop_after_this_step(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        previous = signal.signal(signal.SIGINT, stop_after_this_step)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on window (x, y); stops the run on a non-finite loss or gradient."""
@@ -252,16 +283,18 @@ class Trainer:
         self._save_checkpoint()
 
     def _stop_reason(self) -> str | None:
-        """max_tokens or time_budget when reached; under DDP rank 0 decides for all (clocks differ)."""
-        reason = None
+        """interrupted, max_tokens or time_budget once reached; under DDP rank 0 decides the time (clocks differ)."""
+        if self._interrupted:
+            return "interrupted"
         if self.cfg.max_tokens and self.tokens >= self.cfg.max_tokens:
-            reason = "max_tokens"
-        elif self.cfg.time_budget:
+            return "max_tokens"
+        if self.cfg.time_budget:
             out_of_time = torch.tensor([float(self._elapsed() >= self.cfg.time_budget)])
             if self.dist.active:
                 dist.broadcast(out_of_time, 0)
-            reason = "time_budget" if out_of_time.item() else None
-        return reason
+            if out_of_time.item():
+                return "time_budget"
+        return None
 
     def _elapsed(self) -> float:
         return self.elapsed + time.perf_counter() - self._started

@@ -62,3 +62,26 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path,
     for (_, _, a), (_, _, b) in zip(curve(run), curve(tmp_path / "reference"), strict=True):
         assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-6 * b)
     assert checkpoint.load(run / checkpoint.LAST)["optimizer_kind"] == "averaged"
+
+
+def test_ctrl_c_checkpoints_the_current_step_then_resume_continues(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    run = tmp_path / "runs" / "learned"
+    cmd = [sys.executable, "-m", "lmfix", "train", "--corpus", str(tiny_corpus_dir), "--runs-dir", str(run.parent),
+           "--emsize", "16", "--nhid", "16", "--batch-size", "2", "--bptt", "5", "--epochs", "500",
+           "--checkpoint-interval", "50", "--no-progress"]
+    child = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run / checkpoint.LAST).exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert f"continue with: lmfix train --resume {run}" in err
+    step = checkpoint.load(run / checkpoint.LAST)["progress"]["step"]
+    assert step % 50 != 0 or step > 50  # written on Ctrl-C, not only at the interval
+    assert not (run / checkpoint.SUMMARY).exists()
+    assert main(["train", "--resume", str(run), "--max-tokens", str(10 * (step + 3)), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert json.loads((run / checkpoint.SUMMARY).read_text())["steps"] == step + 3
