@@ -265,6 +265,8 @@ def _add_bench_embeddings(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench_embeddings(args: argparse.Namespace) -> None:
+    import os
+
     from .embeddings import get_method
     from .embeddings.bench import TARGET_PEAK_BYTES, TARGET_SECONDS, bench, compare_svd
 
@@ -283,19 +285,23 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
     load_kwargs = {"data_dir": args.data_dir, "tokenizer": corpus.tokenizer, "verify": not args.no_verify}
 
     def progress(method, run) -> None:
-        print(f"  {method}: {run.seconds:.2f}s, peak {run.peak_rss_bytes / 2**30:.2f} GiB", file=sys.stderr)
+        print(f"  {method}: {run.seconds:.2f}s ({run.cpu_seconds:.1f} CPU s), "
+              f"peak {run.peak_rss_bytes / 2**30:.2f} GiB", file=sys.stderr)
 
     results = bench(methods, args.corpus, load_kwargs, args.dim, args.repeat, progress=progress)
-    print(f"{corpus.name}: V={len(corpus.vocab):,}, d={args.dim}, {args.repeat} fresh-process builds per method")
-    print(f"{'method':<11} {'median s':>9} {'budget':>7} {'peak GiB':>9} {'build GiB':>10} {'imports s':>10}  ok")
+    print(f"{corpus.name}: V={len(corpus.vocab):,}, d={args.dim}, {args.repeat} fresh-process builds per method, "
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<11} {'median s':>9} {'budget':>7} {'CPU s':>7} {'peak GiB':>9} {'build GiB':>10} "
+          f"{'imports s':>10}  ok")
     for r in results:
         build_gib = max(run.build_rss_bytes for run in r.runs) / 2**30
         imports = max(run.import_seconds for run in r.runs)
-        print(f"{r.method:<11} {r.median_seconds:>9.2f} {TARGET_SECONDS[r.method]:>7g} "
+        print(f"{r.method:<11} {r.median_seconds:>9.2f} {TARGET_SECONDS[r.method]:>7g} {r.median_cpu_seconds:>7.1f} "
               f"{r.max_peak_bytes / 2**30:>9.2f} {build_gib:>10.2f} {imports:>10.2f}  "
               f"{'yes' if r.within_target else 'NO'}")
-    print(f"peak GiB: whole process (max over runs; budget {TARGET_PEAK_BYTES / 2**30:g}); build GiB: peak above "
-          "the resident memory just before the build; imports: one-off library imports, not timed")
+    print(f"median s: wall clock; CPU s: median user+system time; peak GiB: whole process (max over runs; budget "
+          f"{TARGET_PEAK_BYTES / 2**30:g}); build GiB: peak above the resident memory just before the build; "
+          "imports: one-off library imports, not timed")
 
 
 BENCH_COMMANDS.append(_add_bench_embeddings)
@@ -402,8 +408,8 @@ class _TrainProgress:
                            f"| lr {event.lr:.3g}", file=sys.stderr)
         elif event.kind == "interrupted":
             self.close()
-            print(f"checkpoint saved at step {event.step:,}; continue with: lmfix train --resume {event.info['run_dir']}",
-                  file=sys.stderr)
+            resume = f"lmfix train --resume {event.info['run_dir']}"
+            print(f"checkpoint saved at step {event.step:,}; continue with: {resume}", file=sys.stderr)
         elif event.kind == "end":
             self.close()
 

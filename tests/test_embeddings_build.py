@@ -208,7 +208,8 @@ def test_get_or_build_caches_by_settings(tiny: Corpus, isolated_cache: Path):
     assert again.from_cache and again.id == first.id and again.path == first.path
     assert cache_path("pmi", tiny, 8, seed=1, window=2) != first.path
     assert cache_path("pmi", tiny, 8, seed=2, window=3) != first.path
-    # Runtime-only options (threads) do not change the key.
+    # Equal settings spelt differently share a key; runtime-only options (threads) do not change it.
+    assert cache_path("pmi", tiny, np.int64(8), shift=2) == cache_path("pmi", tiny, 8, shift=2.0)
     assert cache_path("word2vec", tiny, 8, workers=1) == cache_path("word2vec", tiny, 8, workers=2)
     first.path.write_text("broken")  # a damaged cache entry is rebuilt, with a warning
     with pytest.warns(UserWarning, match="rebuilding"):
@@ -220,7 +221,7 @@ def test_get_or_build_caches_by_settings(tiny: Corpus, isolated_cache: Path):
     "method,dim,options,message",
     [
         ("svd", 8, {}, "unknown embedding method 'svd'; choose one of orthogonal, word2vec, pmi, hadamard"),
-        ("orthogonal", 0, {}, "--dim must be a positive integer"),
+        ("orthogonal", 0, {}, "--dim must be an integer >= 1"),
         ("orthogonal", 1000, {}, "orthogonal needs --dim <= the vocabulary size"),
         ("pmi", 1000, {}, "pmi needs --dim < the vocabulary size"),
         ("orthogonal", 8, {"window": 2}, "orthogonal has no option 'window'"),
@@ -235,6 +236,11 @@ def test_get_or_build_caches_by_settings(tiny: Corpus, isolated_cache: Path):
 def test_bad_settings_are_refused(tiny: Corpus, method, dim, options, message):
     with pytest.raises(EmbeddingError, match=re.escape(message)):
         build(method, tiny, dim, **options)
+
+
+def test_negative_seed_is_refused(tiny: Corpus):
+    with pytest.raises(EmbeddingError, match=re.escape("--seed must be an integer >= 0, got -1")):
+        build("orthogonal", tiny, 8, -1)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -263,3 +269,15 @@ def test_export_reads_back_with_gensim(tiny: Corpus, tmp_path: Path, binary: boo
     kv = KeyedVectors.load_word2vec_format(str(path), binary=binary)
     assert kv.index_to_key == list(tiny.vocab.itos)
     np.testing.assert_allclose(kv.vectors, art.dense(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_wikitext2_builds_align_with_its_vocabulary(wikitext2_dir: Path, tmp_path: Path):
+    corpus = load(str(wikitext2_dir))
+    assert len(corpus.vocab) == 33_278
+    for method in ("orthogonal", "hadamard"):
+        art = build(method, corpus, 512)
+        loaded = load_artifact(art.save(tmp_path / f"{method}.npz"), corpus.vocab)
+        assert loaded.shape == (33_278, 512) and loaded.id == art.id
+        assert diagnose(loaded, sample=500).distinct_rows == 33_278

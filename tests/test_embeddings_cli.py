@@ -67,7 +67,7 @@ def test_info_neighbors_export(artifact: Path, tiny_corpus_dir: Path, capsys):
     "argv,message",
     [
         ("build-embeddings svd --corpus {corpus}", "unknown embedding method 'svd'"),
-        ("build-embeddings pmi --corpus {corpus} --dim 0", "--dim must be a positive integer"),
+        ("build-embeddings pmi --corpus {corpus} --dim 0", "--dim must be an integer >= 1"),
         ("build-embeddings orthogonal --corpus {corpus} --dim 100", "orthogonal needs --dim <= the vocabulary"),
         ("build-embeddings orthogonal --corpus {corpus} --window 3", "orthogonal has no option 'window'"),
         ("build-embeddings pmi --corpus {tmp}/nowhere", "not found"),

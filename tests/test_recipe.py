@@ -89,3 +89,24 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path: Path):
     seen.clear()
     run_recipe(recipe, output=out, overrides=overrides, on_event=lambda e: seen.append(e.kind))
     assert set(seen) == {"skip"}
+
+
+def test_demo_uses_wikitext2_when_found(wikitext2_dir: Path, monkeypatch):
+    from lmfix.recipe import DEMO_VARIANTS, demo_recipe
+
+    monkeypatch.setenv("LMFIX_CORPORA", str(wikitext2_dir.parent))
+    recipe, overrides, output, missing = demo_recipe()
+    assert missing is None and recipe.name == "wt2-cpu"
+    assert [v.name for v in recipe.variants] == DEMO_VARIANTS
+    assert overrides["max_tokens"] < recipe.config(recipe.variants[0]).max_tokens
+
+
+def test_demo_falls_back_to_smoke_and_says_why(monkeypatch, tmp_path: Path):
+    from lmfix import corpus
+    from lmfix.recipe import demo_recipe
+
+    monkeypatch.delenv("LMFIX_CORPORA", raising=False)
+    monkeypatch.setattr(corpus, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
+    recipe, overrides, output, missing = demo_recipe()
+    assert recipe.name == "smoke" and overrides == {}
+    assert "LMFIX_CORPORA" in missing and "offline" in missing

@@ -12,6 +12,7 @@ takes the options of its config dataclass as keyword arguments.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -59,16 +60,18 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def _check_dim(dim: int) -> None:
-    require(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 1,
-            f"--dim must be a positive integer, got {dim!r}")
+def _settings(method: str, dim: int, seed: int, options: dict) -> tuple[Method, int, int, object]:
+    """Validated (method, dim, seed, config): one-line errors before any work is done."""
+    spec = get_method(method)
+    for name, value, low in (("--dim", dim, 1), ("--seed", seed, 0)):
+        require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low,
+                f"{name} must be an integer >= {low}, got {value!r}")
+    return spec, int(dim), int(seed), make_config(spec.config, method, options)
 
 
 def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> EmbeddingArtifact:
     """Build a V x d embedding for ``corpus``'s vocabulary (not saved; see ``EmbeddingArtifact.save``)."""
-    spec = get_method(method)
-    _check_dim(dim)
-    cfg = make_config(spec.config, method, options)
+    spec, dim, seed, cfg = _settings(method, dim, seed, options)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     built = spec.builder(corpus, dim, seed, cfg)
@@ -82,7 +85,7 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
             "built_at": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),
             "peak_rss_bytes": peak_rss_bytes(),
-            "runtime_options": runtime_values,
+            "runtime_options": {**runtime_values, **built.runtime},
             "notes": built.notes,
         },
     )
@@ -90,9 +93,8 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
 
 def cache_path(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Path:
     """Cache file for these settings: keyed by corpus, vocabulary, training text, method, dim, seed, options."""
-    spec = get_method(method)
-    _check_dim(dim)
-    values, _ = split_options(make_config(spec.config, method, options))
+    _, dim, seed, cfg = _settings(method, dim, seed, options)
+    values, _ = split_options(cfg)
     text = hashlib.sha256(corpus.ids["train"].tobytes()).hexdigest()
     key = canonical_json({"method": method, "dim": dim, "seed": seed, "options": values, "train": text})
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -23,6 +23,7 @@ class Built:
     matrix: np.ndarray | None = None
     hadamard: HadamardLayout | None = None
     notes: list[str] = field(default_factory=list)
+    runtime: dict = field(default_factory=dict)  # resolved runtime options, e.g. workers=0 -> 2
 
 
 def runtime(default: object, help: str) -> object:
@@ -44,12 +45,11 @@ def make_config(cls: type, method: str, options: dict) -> object:
                 f"{method} has no option {name!r}; its options are: {', '.join(known) or 'none'}"
             )
         kind = type(known[name].default)
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
+        accepted = (int, float) if kind is float else kind  # an int is a fine float; a bool is no number
+        if not isinstance(value, accepted) or isinstance(value, bool) != (kind is bool):
             raise EmbeddingError(f"{method} option {name} must be {kind.__name__}, got {value!r}")
-    return cls(**options)
+    # 2 and 2.0 must give the same cache key and id.
+    return cls(**{k: float(v) if type(known[k].default) is float else v for k, v in options.items()})
 
 
 def split_options(config: object) -> tuple[dict, dict]:

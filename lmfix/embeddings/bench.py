@@ -37,6 +37,7 @@ PRELOAD = {
 @dataclass(frozen=True)
 class Run:
     seconds: float
+    cpu_seconds: float  # user + system time of the build: unlike wall time, barely moved by other load
     import_seconds: float
     peak_rss_bytes: int  # whole process
     build_rss_bytes: int  # peak minus resident memory just before the build
@@ -52,8 +53,8 @@ class MethodResult:
         return statistics.median(r.seconds for r in self.runs)
 
     @property
-    def median_peak_bytes(self) -> float:
-        return statistics.median(r.peak_rss_bytes for r in self.runs)
+    def median_cpu_seconds(self) -> float:
+        return statistics.median(r.cpu_seconds for r in self.runs)
 
     @property
     def max_peak_bytes(self) -> int:
@@ -77,11 +78,11 @@ def _one_run(method: str, corpus_name: str, load_kwargs: dict, dim: int, seed: i
         importlib.import_module(module)
     import_seconds = time.perf_counter() - t0
     before = _rss_bytes()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     build(method, corpus, dim, seed)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     peak = peak_rss_bytes()
-    return Run(seconds, import_seconds, peak, peak - before)
+    return Run(seconds, cpu_seconds, import_seconds, peak, peak - before)
 
 
 def bench(

@@ -82,4 +82,5 @@ def build(corpus: Corpus, dim: int, seed: int, cfg: Word2VecConfig) -> Built:
             f"{n_random:,} types below min_count {cfg.min_count} got random unit rows",
             "rows normalised to unit length",
         ],
+        runtime={"workers": workers},
     )

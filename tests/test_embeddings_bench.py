@@ -1,0 +1,26 @@
+"""The embeddings benchmark as library code: it runs and reports sane numbers (no timing asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmfix.corpus import load
+from lmfix.embeddings.bench import bench, compare_svd
+
+
+def test_bench_builds_in_fresh_processes(tiny_corpus_dir: Path):
+    (result,) = bench(["orthogonal"], str(tiny_corpus_dir), {}, dim=8, repeat=2)
+    assert result.method == "orthogonal" and len(result.runs) == 2
+    for run in result.runs:
+        assert run.seconds >= 0 and run.cpu_seconds >= 0 and run.peak_rss_bytes > run.build_rss_bytes >= 0
+    assert result.within_target
+
+
+def test_compare_svd_scores_randomized_against_arpack(tiny_corpus_dir: Path):
+    reference, *randomized = compare_svd(load(str(tiny_corpus_dir)), dim=6, power_iters=(2, 8))
+    assert reference.solver == "arpack" and reference.subspace == 1
+    assert [r.power_iters for r in randomized] == [2, 8]
+    best = randomized[-1]
+    assert best.sv_error_max < 1e-3 and best.subspace == pytest.approx(1, abs=1e-3)
