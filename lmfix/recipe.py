@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import atomic, checkpoint
 from .errors import LmfixError
-from .train_config import FIXED, TrainConfig
+from .train_config import TrainConfig
 
 RECIPE_FILE = "recipe.toml"
 REPORT = "report.md"
@@ -108,7 +108,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 @dataclass
 class RecipeEvent:
-    """Progress of ``run_recipe``: ``prepare``, ``embeddings``, ``skip``, ``train``, ``resume``, ``evaluate``."""
+    """Progress of ``run_recipe``: ``skip``, ``train``, ``resume`` or ``evaluate`` a variant."""
 
     kind: str
     variant: str
@@ -144,16 +144,15 @@ def run_recipe(
         run_dir = out / variant.name
         run_dirs.append(run_dir)
         config = recipe.config(variant, overrides)
+        if variant.embeddings:  # builder options beyond the defaults: train on that artifact
+            corpus = load_corpus(config)
+            art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
+            config = replace(config, embeddings=str(art.path))
         finished = (run_dir / checkpoint.SUMMARY).is_file()
         if finished:
+            _check_same_config(run_dir, config)
             on_event(RecipeEvent("skip", variant.name, f"finished earlier ({run_dir})"))
         else:
-            on_event(RecipeEvent("prepare", variant.name, config.corpus))
-            if config.embed in FIXED and not config.embeddings:
-                corpus = load_corpus(config)
-                on_event(RecipeEvent("embeddings", variant.name, config.embed))
-                art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
-                config = replace(config, embeddings=str(art.path))
             resume = (run_dir / checkpoint.LAST).is_file()
             on_event(RecipeEvent("resume" if resume else "train", variant.name, str(run_dir)))
             train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
@@ -166,6 +165,17 @@ def run_recipe(
     report = out / REPORT
     atomic.write_text(report, _report(recipe, table, plots, out))
     return RecipeResult(report, table, plots, run_dirs)
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """A finished run counts for the recipe only if it was trained with exactly this config."""
+    differences = TrainConfig.load(run_dir).differences(config)
+    if differences:
+        name, (saved, wanted) = next(iter(differences.items()))
+        raise RecipeError(
+            f"{run_dir} was trained with {name} = {saved!r}, the recipe asks for {wanted!r}: "
+            f"move it away or pass --output DIR"
+        )
 
 
 def _report(recipe: Recipe, table: str, plots: list[Path], out: Path) -> str:

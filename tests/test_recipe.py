@@ -110,3 +110,11 @@ def test_demo_falls_back_to_smoke_and_says_why(monkeypatch, tmp_path: Path):
     recipe, overrides, output, missing = demo_recipe()
     assert recipe.name == "smoke" and overrides == {}
     assert "LMFIX_CORPORA" in missing and "offline" in missing
+
+
+def test_finished_run_with_other_settings_is_not_reused(tmp_path: Path):
+    recipe = load_recipe(RECIPES_DIR / "smoke").select(["learned"])
+    out = tmp_path / "out"
+    run_recipe(recipe, output=out, overrides={"max_tokens": 1600})
+    with pytest.raises(RecipeError, match="max_tokens = 1600, the recipe asks for 3200"):
+        run_recipe(recipe, output=out, overrides={"max_tokens": 3200})
