@@ -362,9 +362,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{HELP[f.name]} (default: {'on' if f.default else 'off'})")
         else:
-            default = "see below" if f.name == "lr" else f.default
+            default = "" if f.name == "lr" else f" (default: {f.default})"  # lr's help states its defaults
             p.add_argument(flag, type=types.get(f.name, type(f.default)), default=None, metavar=f.name.upper(),
-                           help=f"{HELP[f.name]} (default: {default})")
+                           help=HELP[f.name] + default)
     p.set_defaults(func=cmd_train)
 
 

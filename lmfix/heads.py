@@ -130,7 +130,8 @@ class DenseFixedHead(ScaledHead):
     def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
             return super().loss(x, target, reduction)
-        total = _FixedCrossEntropy.apply(self.unit(x), self.alpha, self.bias, target, self.weight)
+        grads = torch.is_grad_enabled()  # False under no_grad (evaluation): then only the loss is computed
+        total = _FixedCrossEntropy.apply(self.unit(x), self.alpha, self.bias, target, self.weight, grads)
         return total / target.numel() if reduction == "mean" else total
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,10 +147,10 @@ class _FixedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xh, alpha, bias, target, weight):
+    def forward(ctx, xh, alpha, bias, target, weight, grads):
         n, vocab = xh.shape[0], weight.shape[0]
         chunk = max(1, min(n, _CHUNK_ELEMENTS // vocab))
-        need_grad = any(ctx.needs_input_grad[:3])
+        need_grad = grads and any(ctx.needs_input_grad[:3])
         a = float(alpha)
         buf = xh.new_empty(chunk, vocab)
         total = xh.new_zeros(())
@@ -178,7 +179,7 @@ class _FixedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad_x, grad_alpha, grad_bias = ctx.saved_tensors
-        return grad_x * grad, grad_alpha * grad, grad_bias * grad, None, None
+        return grad_x * grad, grad_alpha * grad, grad_bias * grad, None, None, None
 
 
 class HadamardHead(ScaledHead):

@@ -131,18 +131,18 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
-    if log_y:
-        from matplotlib.ticker import ScalarFormatter
-
+    if log_y:  # log scale, plain numbers (not 4x10^2)
         ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             formatter = ScalarFormatter()
             formatter.set_scientific(False)
-            axis(formatter)
+            set_formatter(formatter)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.2M
     ax.set_xlabel("training tokens seen")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -154,13 +154,14 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _wrap_ddp(self) -> DistributedDataParallel:
-        """DDP over the trainable parameters only, counting the bytes each all-reduce sends."""
+        """DDP over the trainable parameters only (buffers such as E are ignored: never broadcast or
+        synchronized), counting the bytes each all-reduce sends."""
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         frozen = [name for name, _ in self.model.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+        net = DistributedDataParallel(self.model, device_ids=ids)
 
         def counting_allreduce(state, bucket):
             self.sync_bytes += bucket.buffer().numel() * bucket.buffer().element_size()
@@ -566,7 +567,9 @@ def train(
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             config.save(run_dir)
         ddp.barrier()
-        return trainer.run()
+        result = trainer.run()
+        ddp.barrier()  # nobody tears the process group down while another process still uses it
+        return result
     finally:
         if created_group:
             dist.destroy_process_group()

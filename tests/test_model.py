@@ -130,3 +130,14 @@ def test_dropouts_are_off_at_zero_and_active_otherwise():
     assert model.layers[0].lstm.weight_hh_l0.grad.abs().sum() > 0  # DropConnect keeps the raw weight learning
     model.eval()
     assert model(x, y, model.init_hidden(3))[0].item() == model(x, y, model.init_hidden(3))[0].item()
+
+
+def test_fused_dense_loss_skips_gradient_work_without_grad(monkeypatch):
+    head = DenseFixedHead(unit_rows())
+    x, target = torch.randn(20, D), torch.randint(V, (20,))
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(1) or torch.mm(a, b))
+    with torch.no_grad():
+        loss = head.loss(x, target, "sum")
+    assert not calls  # only the logits GEMM (addmm), no G @ E
+    torch.testing.assert_close(loss, F.cross_entropy(head.logits(x), target, reduction="sum"))

@@ -19,21 +19,22 @@ dynamic weighting, cds 0.75, no shift, eig 0.5. Types without any positive PMI
 (e.g. never seen in training) get seeded random unit rows.
 
 SVD solvers (``lmfix bench embeddings --compare-svd``, WikiText-2, k=512,
-scored against ARPACK; seconds on 2 busy cores, so only their ratios matter):
+scored against ARPACK; seconds on 2 cores shared with a training run):
 
     solver           seconds  sv err mean  sv err max  subspace  top-10 neighbours
-    arpack             29.8      0          0           1         1
-    randomized q=4     10.5      0.0072     0.025       0.920     0.83
-    randomized q=6     20.6      0.0024     0.011       0.964     0.89
-    randomized q=8     ~17       0.0009     0.0055      0.985     0.92
-    randomized q=10    23.5      0.0004     0.0027      0.993     0.95
+    arpack             33.5      0          0           1         1
+    randomized q=4     11.6      0.0072     0.025       0.920     0.83
+    randomized q=6     15.1      0.0024     0.011       0.964     0.89
+    randomized q=8     17.6      0.0009     0.0055      0.985     0.92
+    randomized q=10    24.3      0.0004     0.0027      0.993     0.95
 
 ``randomized`` with 8 power iterations is the default: about half ARPACK's
-time, singular values within 0.6 %, and 92 % of each frequent word's ten
-nearest neighbours shared with the exact embedding (the differences sit in
-the flat tail of the spectrum, where the exact top-512 subspace is itself
-nearly arbitrary). ARPACK alone would use up the 30 s budget; choose it with
-``svd="arpack"`` when exactness matters more than time.
+time (a whole build takes ~18 s, inside the 30 s budget), singular values
+within 0.6 %, and 92 % of each frequent word's ten nearest neighbours shared
+with the exact embedding; the differences sit in the flat tail of the
+spectrum, where the exact top-512 subspace is itself nearly arbitrary.
+ARPACK alone exceeds the 30 s budget; choose it with ``svd="arpack"`` when
+exactness matters more than time.
 """
 
 from __future__ import annotations
