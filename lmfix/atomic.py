@@ -17,6 +17,12 @@ from pathlib import Path
 from .errors import LmfixError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _os_error(path: Path, exc: OSError) -> LmfixError:
     why = exc.strerror or str(exc)
     return LmfixError(f"cannot write {path}: {why} (check free disk space and permissions)")
@@ -34,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared caches from other users
     except OSError as exc:
         raise _os_error(path, exc) from exc
     tmp_path = Path(tmp)

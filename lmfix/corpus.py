@@ -350,7 +350,17 @@ def prepare(
 ) -> Corpus:
     """Resolve, verify, tokenize and cache ``corpus``; reuse the cache when it is current."""
     tok = tokenizer or TokenizerConfig()
-    name, files, manifest = resolve(corpus, data_dir)
+    try:
+        name, files, manifest = resolve(corpus, data_dir)
+    except CorpusError:
+        # The text is gone but a known corpus was prepared before: its ids are enough.
+        cached_dir = cache_root() / corpus / "prepared" / tok.key
+        if load_manifest(corpus) is None or force or not (cached_dir / META).is_file():
+            raise
+        warnings.warn(f"source text of {corpus} not found; using the prepared cache {cached_dir}", stacklevel=2)
+        prepared = _load_prepared(corpus, cached_dir, tok)
+        prepared.stats["from_cache"] = True
+        return prepared
     out = prepared_dir(name, files, manifest, tok)
     stamp = _source_stamp(files)
     meta_path = out / META

@@ -156,11 +156,11 @@ def run_recipe(
             resume = (run_dir / checkpoint.LAST).is_file()
             on_event(RecipeEvent("resume" if resume else "train", variant.name, str(run_dir)))
             train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
-        split = recipe.evaluate.get("split", "test")
-        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
-        if not finished or evaluated is None:
+        split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
+        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split) or {}
+        if not finished or evaluated.get("batch_size") != (batch_size or evaluated.get("batch_size", 0)):
             on_event(RecipeEvent("evaluate", variant.name, split))
-            evaluate_run(run_dir, split, recipe.evaluate.get("batch_size"), device=config.device)
+            evaluate_run(run_dir, split, batch_size, device=config.device)
     table, plots = compare_runs(run_dirs, out)
     report = out / REPORT
     atomic.write_text(report, _report(recipe, table, plots, out))

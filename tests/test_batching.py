@@ -44,3 +44,4 @@ def test_state_dict_resumes_exactly():
     again = [x for x, _ in resumed]
     assert len(again) == len(rest)
     assert all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
+

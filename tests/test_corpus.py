@@ -275,3 +275,15 @@ def test_gensim_lee_smoke_corpus_is_cut_from_gensim_test_data():
     cut += (corpus_mod.cache_root() / "gensim-lee" / "test.txt").read_text(encoding="utf-8")
     assert not cut.isascii()
     assert c.vocab.unk_id is not None  # valid/test words unseen in train map to <unk>
+
+
+def test_prepared_known_corpus_loads_without_its_text(fake_manifest: Path, tmp_path: Path, monkeypatch):
+    root = tmp_path / "shared"
+    shutil.copytree(fake_manifest, root / "toy")
+    monkeypatch.setenv("LMFIX_CORPORA", str(root))
+    first = load("toy")
+    shutil.rmtree(root / "toy")
+    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
+    with pytest.warns(UserWarning, match="using the prepared cache"):
+        again = load("toy")
+    assert again.vocab == first.vocab and np.array_equal(again.ids["train"], first.ids["train"])
