@@ -133,7 +133,7 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
     if log_y:  # log scale, plain numbers (not 4x10^2)
@@ -147,7 +147,7 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # beside the curves, never over them
     fig.tight_layout()
     with atomic.atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
