@@ -157,8 +157,9 @@ def run_recipe(
             on_event(RecipeEvent("resume" if resume else "train", variant.name, str(run_dir)))
             train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
         split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
-        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split) or {}
-        if not finished or evaluated.get("batch_size") != (batch_size or evaluated.get("batch_size", 0)):
+        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
+        stale = evaluated is None or (batch_size is not None and evaluated["batch_size"] != batch_size)
+        if not finished or stale:
             on_event(RecipeEvent("evaluate", variant.name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
     table, plots = compare_runs(run_dirs, out)

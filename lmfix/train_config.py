@@ -157,8 +157,8 @@ class TrainConfig:
     def model_config(self):
         from .model import ModelConfig  # torch: imported only when a model is built
 
-        return ModelConfig(self.emsize, self.nhid, self.nlayers, self.dropout, self.dropouth, self.dropouti,
-                           self.dropoute, self.wdrop)
+        # ModelConfig's fields are a subset of ours, by name: no positional coupling.
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
     def to_dict(self) -> dict:
         return asdict(self)
