@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import BPTTStream, batchify
+from .ops import gemm
 from .train import Dist, Trainer
 from .train_config import TrainConfig
 
@@ -39,6 +40,7 @@ class BenchTrainConfig:
     steps: int = 4  # timed steps per variant per round
     warmup: int = 2
     variants: tuple[str, ...] = VARIANTS
+    gemm: str = "auto"  # backend of lmfix's dense heads (plain always uses F.linear)
 
 
 class PlainLSTM(nn.Module):
@@ -106,7 +108,8 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
     vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(cfg.gemm):
+        backend = gemm.backend()
         steppers = {}
         for name in cfg.variants:
             progress(f"building {name}")
@@ -141,7 +144,8 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
             ratios[f"{fixed} / learned"] = speed[fixed] / speed["learned"]
     return {
         "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "variants": results, "ratios": ratios,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend,
+        "variants": results, "ratios": ratios,
     }
 
 

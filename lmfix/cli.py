@@ -532,6 +532,8 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
     for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
         p.add_argument("--" + name.replace("_", "-"), type=_positive_int)
     p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
+    p.add_argument("--gemm", choices=("auto", "onednn", "torch"),
+                   help="GEMM backend of lmfix's dense heads (default $LMFIX_GEMM or auto); plain always uses F.linear")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_train)
 
@@ -542,14 +544,15 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     from . import atomic
     from .bench_train import BenchTrainConfig, bench_train
 
-    names = ("corpus", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup")
+    names = ("corpus", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.variants:
         given["variants"] = tuple(args.variants.split(","))
     cfg = BenchTrainConfig(**given)
     result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
     print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
-          f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}")
+          f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}, "
+          f"lmfix GEMM {result['gemm']}")
     print(f"{'variant':<12} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
     for name, r in result["variants"].items():
         print(f"{name:<12} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
@@ -565,7 +568,7 @@ BENCH_COMMANDS.append(_add_bench_train)
 
 def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser(
-        "head", help="output layer forward+backward: dense fixed head vs the Hadamard heads (time, memory)",
+        "head", help="output layer forward+backward: dense fixed heads vs the Hadamard heads (time, memory)",
         description="Medians of several repeats, speed-up and peak extra memory relative to the dense head "
         "measured in the same run. Run it on an otherwise idle machine.",
     )
@@ -573,7 +576,8 @@ def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=_positive_int, default=512, help="d (default: 512)")
     p.add_argument("--tokens", type=_positive_int, default=700, help="tokens per step (default: 700 = 20 x 35)")
     p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats per head (default: 5)")
-    p.add_argument("--layouts", default="dense,distinct,truncated", help="comma-separated heads to run")
+    p.add_argument("--layouts", default="dense,dense-fused,distinct,truncated",
+                   help="comma-separated heads; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss")
     p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
     p.set_defaults(func=cmd_bench_head)
 

@@ -7,8 +7,9 @@ One head per variant, all with the same three methods: ``embed(ids)``,
   output matrix). ``logits = E x + b``, the standard baseline.
 * ``DenseFixedHead``: E is a frozen *buffer* (no gradient, no optimizer state,
   not in the state dict); ``logits = alpha * E x_hat + b`` with ``x_hat = x/||x||``.
-  Its loss is fused: the gradient for x is computed in the forward pass, chunk by
-  chunk, so neither N x V logits nor a gradient for E ever exist.
+  Both dense heads share one fused loss (``lmfix.ops.dense_loss``): gradients
+  are computed chunk by chunk in the forward pass, so no N x V logits exist,
+  and a frozen E costs two GEMMs per step where a learned one costs three.
 * ``HadamardHead``: the same logits, with E generated from a ``HadamardLayout``
   (popcount rows for the input, the fast transform for the output): no V x d
   tensor at all.
@@ -22,11 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmfix.ops import HadamardLayout, hadamard_cross_entropy, hadamard_logits
-
-# Logits of one chunk in the fused dense loss (32 MiB in float32): ~250 rows for
-# WikiText-2, enough for efficient GEMMs while the chunk stays near the cache.
-_CHUNK_ELEMENTS = 1 << 23
+from lmfix.ops import HadamardLayout, dense_cross_entropy, hadamard_cross_entropy, hadamard_logits
+from lmfix.ops.gemm import linear
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,16 @@ class LearnedHead(Head):
         # gradient of E, instead of materialising (and adding) a second V x d gradient.
         return F.embedding(ids, self.weight, sparse=self.tied)
 
+    def classifier(self) -> torch.Tensor:
+        return self.weight if self.out_weight is None else self.out_weight
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if reduction == "none":
+            return super().loss(x, target, reduction)
+        return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight if self.out_weight is None else self.out_weight, self.bias)
+        return linear(x, self.classifier(), self.bias)
 
 
 class ScaledHead(Head):
@@ -130,56 +136,10 @@ class DenseFixedHead(ScaledHead):
     def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
             return super().loss(x, target, reduction)
-        grads = torch.is_grad_enabled()  # False under no_grad (evaluation): then only the loss is computed
-        total = _FixedCrossEntropy.apply(self.unit(x), self.alpha, self.bias, target, self.weight, grads)
-        return total / target.numel() if reduction == "mean" else total
+        return dense_cross_entropy(self.unit(x), target, self.weight, self.bias, self.alpha, reduction)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * F.linear(self.unit(x), self.weight) + self.bias
-
-
-class _FixedCrossEntropy(torch.autograd.Function):
-    """Summed cross entropy of ``alpha * xh E^T + b``, gradients computed in the forward pass.
-
-    Per chunk of rows, in one reused buffer: logits, then in place (one exp pass)
-    ``G = softmax - onehot``, then ``G E``. Two GEMMs per step instead of the three
-    a learned E needs, and no N x V tensor. ``grad_alpha = sum(G E * xh)``.
-    """
-
-    @staticmethod
-    def forward(ctx, xh, alpha, bias, target, weight, grads):
-        n, vocab = xh.shape[0], weight.shape[0]
-        chunk = max(1, min(n, _CHUNK_ELEMENTS // vocab))
-        need_grad = grads and any(ctx.needs_input_grad[:3])
-        a = float(alpha)
-        buf = xh.new_empty(chunk, vocab)
-        total = xh.new_zeros(())
-        grad_x = torch.empty_like(xh) if need_grad else None
-        grad_alpha = xh.new_zeros(())
-        grad_bias = torch.zeros_like(bias) if need_grad else None
-        for start in range(0, n, chunk):
-            xc, yc = xh[start : start + chunk], target[start : start + chunk]
-            rows = torch.arange(yc.numel(), device=yc.device)
-            logits = torch.addmm(bias, xc, weight.t(), alpha=a, out=buf[: xc.shape[0]])
-            picked = logits[rows, yc]
-            top = logits.amax(1, keepdim=True)
-            probs = logits.sub_(top).exp_()
-            sums = probs.sum(1, keepdim=True)
-            total += (top.squeeze(1) + sums.squeeze(1).log() - picked).sum()
-            if need_grad:
-                probs.div_(sums)
-                probs[rows, yc] -= 1
-                grad_bias += probs.sum(0)
-                g_e = probs @ weight
-                grad_alpha += (g_e * xc).sum()
-                torch.mul(g_e, a, out=grad_x[start : start + chunk])
-        ctx.save_for_backward(grad_x, grad_alpha, grad_bias)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad_x, grad_alpha, grad_bias = ctx.saved_tensors
-        return grad_x * grad, grad_alpha * grad, grad_bias * grad, None, None, None
+        return self.alpha * linear(self.unit(x), self.weight) + self.bias
 
 
 class HadamardHead(ScaledHead):

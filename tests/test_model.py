@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from lmfix.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
 from lmfix.model import LanguageModel, ModelConfig, detach_hidden
 from lmfix.ops import make_layout
+from lmfix.ops.dense_loss import chunk_rows
+from lmfix.ops.gemm import GemmError, onednn_available
+from lmfix.ops.gemm import use as gemm_backend
 
 V, D = 50, 16
 NO_DROPOUT = ModelConfig(emsize=D, nhid=24, nlayers=2, dropout=0, dropouth=0, dropouti=0)
@@ -58,22 +61,46 @@ def test_fix_alpha_keeps_alpha():
     assert model.head.alpha.item() == 7.0
 
 
-@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("gemm", ["torch", "onednn"])
+@pytest.mark.parametrize("make_head", [
+    lambda: DenseFixedHead(unit_rows(), alpha=3.0),
+    lambda: DenseFixedHead(unit_rows(), alpha=3.0, normalize=False),
+    lambda: LearnedHead(V, D),
+    lambda: LearnedHead(V, D, tied=False),
+], ids=["fixed", "fixed-unnormalized", "learned", "learned-untied"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_fused_dense_loss_matches_autograd(normalize: bool, reduction: str, monkeypatch):
-    monkeypatch.setattr("lmfix.heads._CHUNK_ELEMENTS", 7 * V)  # several chunks, the last one partial
-    head = DenseFixedHead(unit_rows(), alpha=3.0, normalize=normalize)
+def test_fused_dense_loss_matches_autograd(make_head, reduction: str, gemm: str, monkeypatch):
+    if gemm == "onednn" and not onednn_available():
+        pytest.skip("no oneDNN GEMM in this PyTorch build")
+    monkeypatch.setattr("lmfix.ops.dense_loss._CHUNK_ELEMENTS", 7 * V)  # several chunks
+    head = make_head()
     with torch.no_grad():
         head.bias.normal_()
+    params = [p for p in head.parameters() if p.requires_grad]
     x = torch.randn(40, D, dtype=torch.float32, requires_grad=True)
     target = torch.randint(V, (40,))
-    fused = head.loss(x, target, reduction)
-    grads = torch.autograd.grad(fused, [x, head.alpha, head.bias])
-    reference = F.cross_entropy(head.logits(x), target, reduction=reduction)
-    expected = torch.autograd.grad(reference, [x, head.alpha, head.bias])
+    with gemm_backend(gemm):
+        fused = head.loss(x, target, reduction)
+        grads = torch.autograd.grad(fused, [x, *params], allow_unused=True)  # untied: input E unused
+    reference = F.cross_entropy(head.logits(x), target, reduction=reduction)  # plain autograd through F.linear
+    expected = torch.autograd.grad(reference, [x, *params], allow_unused=True)
     torch.testing.assert_close(fused, reference)
     for got, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_chunks_are_even_and_bounded():
+    assert chunk_rows(700, 33278) == 234  # 3 chunks of <= 252 rows, not 252 + 252 + 196
+    assert chunk_rows(5, 33278) == 5
+    assert chunk_rows(1, 10**9) == 1
+
+
+def test_gemm_backend_is_checked():
+    with pytest.raises(GemmError, match="choose from"):
+        with gemm_backend("mkl"):
+            pass
 
 
 def test_hadamard_head_equals_dense_head_on_the_same_matrix():
@@ -136,8 +163,8 @@ def test_fused_dense_loss_skips_gradient_work_without_grad(monkeypatch):
     head = DenseFixedHead(unit_rows())
     x, target = torch.randn(20, D), torch.randint(V, (20,))
     calls = []
-    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(1) or torch.mm(a, b))
+    monkeypatch.setattr("lmfix.ops.dense_loss.linear", lambda *args: calls.append(1) or F.linear(*args))
     with torch.no_grad():
         loss = head.loss(x, target, "sum")
-    assert not calls  # only the logits GEMM (addmm), no G @ E
+    assert len(calls) == 1  # only the logits GEMM, no G @ E
     torch.testing.assert_close(loss, F.cross_entropy(head.logits(x), target, reduction="sum"))

@@ -7,17 +7,19 @@ import pytest
 from lmfix.ops.bench_head import format_head_table, run_head_bench
 
 
-def test_bench_rows_and_table():
+def test_bench_rows_and_table(monkeypatch):
+    monkeypatch.setattr("lmfix.ops.dense_loss._CHUNK_ELEMENTS", 16 * 2000)  # the fused head in 4 chunks
     results = run_head_bench(vocab=2000, dim=32, tokens=64, repeats=1)
-    assert [r["head"] for r in results] == ["dense", "distinct", "truncated"]
-    dense, distinct, truncated = results
+    assert [r["head"] for r in results] == ["dense", "dense-fused", "distinct", "truncated"]
+    dense, fused, distinct, truncated = results
     assert dense["speedup_vs_dense"] == 1.0 and dense["matrix_mb"] > 0
+    assert fused["matrix_mb"] == dense["matrix_mb"] and fused["largest_tensor_mb"] < dense["largest_tensor_mb"] / 2
     assert distinct["distinct_rows"] == 2000 and truncated["distinct_rows"] == 32
     for row in (distinct, truncated):
         assert row["median_s"] > 0 and row["matrix_mb"] == 0
         assert row["largest_tensor_mb"] < dense["matrix_mb"]
     table = format_head_table(results)
-    assert table.count("\n") == 4 and "| distinct | 2000 | 32 | 64 |" in table and "load avg" in table
+    assert table.count("\n") == 5 and "| distinct | 2000 | 32 | 64 |" in table and "load avg" in table
 
 
 def test_bench_skips_a_dense_matrix_that_does_not_fit():
@@ -27,5 +29,5 @@ def test_bench_skips_a_dense_matrix_that_does_not_fit():
 
 
 def test_bench_rejects_unknown_heads():
-    with pytest.raises(ValueError, match="choose from dense, distinct, truncated"):
+    with pytest.raises(ValueError, match="choose from dense, dense-fused, distinct, truncated"):
         run_head_bench(layouts=("sparse",))

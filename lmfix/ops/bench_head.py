@@ -1,8 +1,10 @@
 """Benchmark the output layer alone: forward + backward of the head loss.
 
 Heads: ``dense`` (a frozen V x d matrix through F.linear + F.cross_entropy, the
-baseline every Hadamard head is compared with in the same run) and one entry
-per Hadamard layout (the fused ``hadamard_cross_entropy``). All heads learn x,
+baseline every other head is compared with in the same run), ``dense-fused``
+(the same matrix through lmfix's fused ``dense_cross_entropy``, what
+``--embed orthogonal|word2vec|pmi`` train with) and one entry per Hadamard
+layout (the fused ``hadamard_cross_entropy``). All heads learn x,
 alpha and a bias. Time is the median of ``repeats`` steps after one warm-up;
 memory is measured in a separate step with ``AllocationTracker``: the peak of
 bytes the head allocates beyond its inputs (gradients included; the dense
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
 from lmfix.ops.hadamard_loss import hadamard_cross_entropy
 from lmfix.ops.memtrack import AllocationTracker
 
-HEADS = ("dense", *LAYOUTS)
+DENSE_HEADS = ("dense", "dense-fused")
+HEADS = (*DENSE_HEADS, *LAYOUTS)
 _MB = 1 << 20
 
 
@@ -56,8 +60,10 @@ class HeadBatch:
         loss_fn(self).backward()
 
 
-def _dense_loss(matrix: torch.Tensor) -> Callable[[HeadBatch], torch.Tensor]:
+def _dense_loss(matrix: torch.Tensor, fused: bool) -> Callable[[HeadBatch], torch.Tensor]:
     def loss(inputs: HeadBatch) -> torch.Tensor:
+        if fused:
+            return dense_cross_entropy(inputs.x, inputs.target, matrix, inputs.bias, inputs.alpha)
         return F.cross_entropy(F.linear(inputs.x * inputs.alpha, matrix, inputs.bias), inputs.target)
 
     return loss
@@ -116,7 +122,7 @@ def run_head_bench(
     results = []
     for name in layouts:
         row = {"head": name, "vocab": vocab, "dim": dim, "tokens": tokens, "matrix_mb": 0.0}
-        if name == "dense":
+        if name in DENSE_HEADS:
             matrix_bytes = vocab * dim * 4
             if matrix_bytes > max_matrix_gb * 2**30:
                 row["skipped"] = f"V x d matrix needs {matrix_bytes / 2**30:.1f} GiB > max_matrix_gb={max_matrix_gb}"
@@ -124,7 +130,7 @@ def run_head_bench(
                 continue
             matrix = _random_sign_matrix(vocab, dim, seed)
             row["matrix_mb"] = matrix_bytes / _MB
-            row.update(_measure(inputs, _dense_loss(matrix), repeats))
+            row.update(_measure(inputs, _dense_loss(matrix, fused=name == "dense-fused"), repeats))
             del matrix
         else:
             layout = make_layout(vocab, dim, name, seed)

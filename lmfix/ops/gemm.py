@@ -1,0 +1,88 @@
+"""``x @ w.T (+ bias)`` for the dense heads: oneDNN on CPU float32, ``F.linear`` otherwise.
+
+Why: PyTorch sends float32 matmuls on the CPU to MKL. On the head's shapes
+(N x 512 by 512 x 33k) MKL runs at about 150 GFLOP/s on this project's AMD EPYC
+machine, while oneDNN (the library PyTorch already ships, reached through the
+``mkldnn::_linear_pointwise`` op that torch.compile uses) runs at about 290. Both
+products are exact float32. ``lmfix bench train --gemm torch`` measures the
+difference on your hardware.
+
+The backend is ``auto`` (oneDNN where it works, checked once against
+``F.linear``), ``onednn`` or ``torch``. Set it with ``$LMFIX_GEMM`` or ``use()``.
+The oneDNN op has no autograd, so products that autograd must differentiate
+always take ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from lmfix.errors import LmfixError
+
+BACKENDS = ("auto", "onednn", "torch")
+
+
+class GemmError(LmfixError):
+    """An unknown GEMM backend, or oneDNN asked for where it does not work."""
+
+
+def _checked(name: str) -> str:
+    if name not in BACKENDS:
+        raise GemmError(f"unknown GEMM backend {name!r} (from $LMFIX_GEMM or --gemm); "
+                        f"choose from {', '.join(BACKENDS)}")
+    if name == "onednn" and not onednn_available():
+        raise GemmError("the oneDNN GEMM is not available in this PyTorch build; use --gemm torch or auto")
+    return name
+
+
+_backend = os.environ.get("LMFIX_GEMM", "auto")
+
+
+def backend() -> str:
+    """The backend in force: ``onednn`` or ``torch`` (``auto`` resolved)."""
+    name = _checked(_backend)
+    if name == "auto":
+        return "onednn" if onednn_available() else "torch"
+    return name
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run the block with GEMM backend ``name``."""
+    global _backend
+    previous, _backend = _backend, _checked(name)
+    try:
+        yield
+    finally:
+        _backend = previous
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """True when the oneDNN op exists and agrees with ``F.linear`` on a small product."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 24, generator=g), torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    try:
+        out = op(x, w.t().contiguous().t(), b, "none", [], "")
+    except RuntimeError:
+        return False
+    return bool(torch.allclose(out, F.linear(x, w, b), rtol=1e-5, atol=1e-5))
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + bias`` for 2-d ``x`` (N, K) and ``w`` (M, K); ``w`` may be a transposed view."""
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w, bias))
+    if (not differentiable and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+            and backend() == "onednn"):
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    return F.linear(x, w, bias)
