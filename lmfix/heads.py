@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmfix.ops import HadamardLayout, dense_cross_entropy, hadamard_cross_entropy, hadamard_logits
+from lmfix.ops import gemm
+from lmfix.ops.dense_loss import chunk_rows
 from lmfix.ops.gemm import linear
 
 
@@ -129,6 +131,16 @@ class DenseFixedHead(ScaledHead):
         vocab_size, dim = matrix.shape
         super().__init__(vocab_size, dim, alpha, learn_alpha, normalize)
         self.register_buffer("weight", matrix.detach().float().contiguous(), persistent=False)
+        self._packed: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = ((), None)
+
+    def packed(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """E and E^T packed for the GEMM backend, once (E never changes); None where packing does not apply."""
+        key = (self.weight.data_ptr(), self.weight.device, gemm.backend())
+        if self._packed[0] != key:
+            rows = chunk_rows(tokens, self.vocab_size)
+            pair = gemm.pack(self.weight, rows), gemm.pack(self.weight.t(), rows)
+            self._packed = key, None if None in pair else pair
+        return self._packed[1]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)  # a buffer: autograd never reaches E
@@ -136,7 +148,8 @@ class DenseFixedHead(ScaledHead):
     def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
             return super().loss(x, target, reduction)
-        return dense_cross_entropy(self.unit(x), target, self.weight, self.bias, self.alpha, reduction)
+        packed = self.packed(target.numel())
+        return dense_cross_entropy(self.unit(x), target, self.weight, self.bias, self.alpha, reduction, packed)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.alpha * linear(self.unit(x), self.weight) + self.bias

@@ -31,12 +31,16 @@ def dense_cross_entropy(
     bias: torch.Tensor,
     scale: torch.Tensor | None = None,
     reduction: str = "mean",
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean or summed cross entropy of ``scale * x @ weight.T + bias`` against ``target`` (N,)."""
+    """Mean or summed cross entropy of ``scale * x @ weight.T + bias`` against ``target`` (N,).
+
+    ``packed``: ``weight`` and ``weight.T`` from ``gemm.pack`` (a frozen weight only) for the two products.
+    """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"dense_cross_entropy: reduction {reduction!r} is not 'mean' or 'sum'")
     norm = 1.0 / target.numel() if reduction == "mean" else 1.0
-    return _DenseCrossEntropy.apply(x, scale, bias, weight, target, norm, torch.is_grad_enabled())
+    return _DenseCrossEntropy.apply(x, scale, bias, weight, target, norm, torch.is_grad_enabled(), packed)
 
 
 def chunk_rows(tokens: int, vocab_size: int) -> int:
@@ -48,7 +52,7 @@ def chunk_rows(tokens: int, vocab_size: int) -> int:
 
 class _DenseCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, bias, weight, target, norm, grads):
+    def forward(ctx, x, scale, bias, weight, target, norm, grads, packed):
         needs = [grads and need for need in ctx.needs_input_grad[:4]]
         need_g = any(needs)
         a = 1.0 if scale is None else float(scale)
@@ -58,10 +62,11 @@ class _DenseCrossEntropy(torch.autograd.Function):
         grad_scale = x.new_zeros(()) if needs[1] else None
         grad_bias = torch.zeros_like(bias) if need_g else None
         grad_w = torch.zeros_like(weight) if needs[3] else None
+        forward_w, backward_w = packed or (weight, weight.t())
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], target[start : start + rows]
             at = torch.arange(yc.numel(), device=yc.device)
-            logits = linear(xc * a if a != 1.0 else xc, weight, bias)
+            logits = linear(xc * a if a != 1.0 else xc, forward_w, bias)
             picked = logits[at, yc]
             top = logits.amax(1, keepdim=True)
             probs = logits.sub_(top).exp_()
@@ -72,7 +77,7 @@ class _DenseCrossEntropy(torch.autograd.Function):
             g = probs.div_(sums)
             g[at, yc] -= 1  # g = d(loss) / d(logits)
             grad_bias += g.sum(0)
-            g_w = linear(g, weight.t())  # G W
+            g_w = linear(g, backward_w)  # G W
             if grad_scale is not None:
                 grad_scale += (g_w * xc).sum()
             torch.mul(g_w, a * norm, out=grad_x[start : start + rows])
@@ -93,4 +98,4 @@ class _DenseCrossEntropy(torch.autograd.Function):
             for g in grads:
                 if g is not None:
                     g.mul_(grad)
-        return *grads, None, None, None
+        return *grads, None, None, None, None
