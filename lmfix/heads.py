@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmfix.ops import HadamardLayout, dense_cross_entropy, hadamard_cross_entropy, hadamard_logits
-from lmfix.ops import gemm
+from lmfix.ops import HadamardLayout, dense_cross_entropy, gemm, hadamard_cross_entropy, hadamard_logits
 from lmfix.ops.dense_loss import chunk_rows
 from lmfix.ops.gemm import linear
 

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 
 from lmfix.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
 from lmfix.model import LanguageModel, ModelConfig, detach_hidden
-from lmfix.ops import make_layout
-from lmfix.ops import dense_loss
+from lmfix.ops import dense_loss, make_layout
 from lmfix.ops.dense_loss import chunk_rows
 from lmfix.ops.gemm import GemmError, onednn_available
 from lmfix.ops.gemm import use as gemm_backend
