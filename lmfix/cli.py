@@ -409,6 +409,8 @@ class _TrainProgress:
         elif event.kind == "interrupted":
             self.close()
             resume = f"lmfix train --resume {event.info['run_dir']}"
+            if event.info["world_size"] > 1:
+                resume = f"torchrun --nproc-per-node {event.info['world_size']} -m {resume}"
             print(f"checkpoint saved at step {event.step:,}; continue with: {resume}", file=sys.stderr)
         elif event.kind == "end":
             self.close()

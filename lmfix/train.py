@@ -192,7 +192,7 @@ class Trainer:
             reason = self._loop()
         if reason == "interrupted":
             self._save_checkpoint()
-            self._emit("interrupted", info={"run_dir": str(self.run_dir)})
+            self._emit("interrupted", info={"run_dir": str(self.run_dir), "world_size": self.dist.world})
             raise KeyboardInterrupt
         if self.last_valid_step != self.step:
             self._validate()
@@ -230,21 +230,27 @@ class Trainer:
 
     @contextlib.contextmanager
     def _ctrl_c_stops(self):
-        """Single process: Ctrl-C finishes the current step and checkpoints (a second Ctrl-C stops at once)."""
-        if self.dist.active or threading.current_thread() is not threading.main_thread():
+        """Ctrl-C (SIGINT) or SIGTERM: finish the current step, checkpoint, stop.
+
+        Single process: a second Ctrl-C stops at once. Under torchrun each worker
+        gets Ctrl-C twice (from the terminal and forwarded by torchrun), so there a
+        repeat only keeps the request; torchrun's own timeout is the hard stop.
+        """
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def stop_after_this_step(signum, frame):
-            if self._interrupted:
+            if self._interrupted and signum == signal.SIGINT and not self.dist.active:
                 raise KeyboardInterrupt
             self._interrupted = True
 
-        previous = signal.signal(signal.SIGINT, stop_after_this_step)
+        previous = {sig: signal.signal(sig, stop_after_this_step) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on window (x, y); stops the run on a non-finite loss or gradient."""
@@ -284,18 +290,23 @@ class Trainer:
         self._save_checkpoint()
 
     def _stop_reason(self) -> str | None:
-        """interrupted, max_tokens or time_budget once reached; under DDP rank 0 decides the time (clocks differ)."""
-        if self._interrupted:
+        """interrupted, max_tokens or time_budget once reached.
+
+        Under DDP the ranks must stop after the same step: the interrupt flags are
+        all-reduced (any rank's signal stops all) and rank 0's clock decides the time.
+        """
+        interrupted = self._interrupted
+        out_of_time = bool(self.cfg.time_budget) and self._elapsed() >= self.cfg.time_budget
+        if self.dist.active:
+            flags = torch.tensor([float(interrupted), float(out_of_time and self.dist.main)], device=self.device)
+            dist.all_reduce(flags, dist.ReduceOp.MAX)
+            interrupted, out_of_time = bool(flags[0]), bool(flags[1])
+            self._interrupted = interrupted
+        if interrupted:
             return "interrupted"
         if self.cfg.max_tokens and self.tokens >= self.cfg.max_tokens:
             return "max_tokens"
-        if self.cfg.time_budget:
-            out_of_time = torch.tensor([float(self._elapsed() >= self.cfg.time_budget)])
-            if self.dist.active:
-                dist.broadcast(out_of_time, 0)
-            if out_of_time.item():
-                return "time_budget"
-        return None
+        return "time_budget" if out_of_time else None
 
     def _elapsed(self) -> float:
         return self.elapsed + time.perf_counter() - self._started

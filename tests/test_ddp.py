@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from lmfix import checkpoint
 from lmfix.train import train
 from tests.test_train import TINY, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
@@ -18,18 +21,31 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = dict(batch_size=2, dropout=0.0, dropouth=0.0, dropouti=0.0, epochs=1, max_tokens=600, eval_interval=10)
 
 
-def torchrun(corpus_dir: Path, run_dir: Path, **overrides) -> dict:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lmfix"]
+TORCHRUN_ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def torchrun_cmd(corpus_dir: Path, run_dir: Path, **overrides) -> list[str]:
     flags = []
     for key, value in {**TINY, **SETTINGS, **overrides}.items():
         flags += ["--" + key.replace("_", "-"), str(value)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lmfix",
-           "train", "--corpus", str(corpus_dir), "--runs-dir", str(run_dir.parent), "--name", run_dir.name,
-           "--no-progress", *flags]
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=240)
+    return [*TORCHRUN, "train", "--corpus", str(corpus_dir), "--runs-dir", str(run_dir.parent),
+            "--name", run_dir.name, "--no-progress", *flags]
+
+
+def finished(cmd: list[str], run_dir: Path) -> dict:
+    proc = subprocess.run(cmd, cwd=ROOT, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gradient all-reduce" in proc.stdout and proc.stdout.count("best valid ppl") == 1  # rank 0 prints
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads((run_dir / checkpoint.SUMMARY).read_text())
+
+
+def torchrun(corpus_dir: Path, run_dir: Path, **overrides) -> dict:
+    return finished(torchrun_cmd(corpus_dir, run_dir, **overrides), run_dir)
+
+
+def torchrun_resume(run_dir: Path) -> dict:
+    return finished([*TORCHRUN, "train", "--resume", str(run_dir), "--no-progress"], run_dir)
 
 
 @pytest.mark.slow
@@ -45,3 +61,31 @@ def test_two_processes_match_one_and_frozen_matrix_is_not_synchronized(tiny_corp
     vocab_times_dim = fixed["params"]["fixed"]
     # E (V x d) is all-reduced for the learned model only; the fixed one adds a scalar alpha
     assert learned["sync_bytes_per_step"] - fixed["sync_bytes_per_step"] == 4 * (vocab_times_dim - 1)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(
+        tiny_corpus_dir: Path, tmp_path: Path):
+    long = dict(max_tokens=16000, eval_interval=100, checkpoint_interval=50)
+    reference = torchrun(tiny_corpus_dir, tmp_path / "reference", **long)
+
+    run = tmp_path / "interrupted"
+    # A terminal's Ctrl-C reaches torchrun and both workers (one process group); torchrun forwards it once more.
+    child = subprocess.Popen(torchrun_cmd(tiny_corpus_dir, run, **long), cwd=ROOT, env=TORCHRUN_ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / checkpoint.LAST).exists():
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()[1][-3000:]
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode != 0
+    assert f"continue with: torchrun --nproc-per-node 2 -m lmfix train --resume {run}" in err, err[-3000:]
+    step = checkpoint.load(run / checkpoint.LAST)["progress"]["step"]
+    assert f"checkpoint saved at step {step:,};" in err  # the step it was on, not the last interval checkpoint
+    assert 50 <= step < reference["steps"] and not (run / checkpoint.SUMMARY).exists()
+
+    resumed = torchrun_resume(run)
+    assert resumed["world_size"] == 2 and resumed["steps"] == reference["steps"]
+    assert resumed["tokens"] == reference["tokens"]
+    assert resumed["final_valid_ppl"] == pytest.approx(reference["final_valid_ppl"], rel=1e-6)
