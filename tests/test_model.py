@@ -94,7 +94,7 @@ def test_fused_dense_loss_matches_autograd(make_head, reduction: str, gemm: str,
 def test_chunks_are_even_and_bounded():
     assert chunk_rows(700, 33278) == 234  # 3 chunks of <= 252 rows, not 252 + 252 + 196
     assert chunk_rows(5, 33278) == 5
-    assert chunk_rows(1, 10**9) == 1
+    assert chunk_rows(1, 10**9) == 1 and chunk_rows(0, 50) == 1
 
 
 def test_gemm_backend_is_checked():

@@ -46,8 +46,8 @@ def dense_cross_entropy(
 def chunk_rows(tokens: int, vocab_size: int) -> int:
     """Rows per chunk: at most ~_CHUNK_ELEMENTS logits, chunks of equal size (no small last one)."""
     most = max(1, min(tokens, _CHUNK_ELEMENTS // vocab_size))
-    chunks = -(-tokens // most)
-    return -(-tokens // chunks)
+    chunks = max(1, -(-tokens // most))
+    return max(1, -(-tokens // chunks))
 
 
 class _DenseCrossEntropy(torch.autograd.Function):
