@@ -40,7 +40,7 @@ class BenchTrainConfig:
     steps: int = 4  # timed steps per variant per round
     warmup: int = 2
     variants: tuple[str, ...] = VARIANTS
-    gemm: str = "auto"  # backend of lmfix's dense heads (plain always uses F.linear)
+    gemm: str | None = None  # backend of lmfix's dense heads ($LMFIX_GEMM when None); plain always uses F.linear
 
 
 class PlainLSTM(nn.Module):
@@ -108,7 +108,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
     vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(cfg.gemm):
+    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(cfg.gemm or gemm.configured()):
         backend = gemm.backend()
         steppers = {}
         for name in cfg.variants:

@@ -36,6 +36,7 @@ from .errors import LmfixError
 from .evaluate import batchify_split, corpus_loss, resolve_device
 from .heads import ParamCounts
 from .model import detach_hidden
+from .ops import gemm
 from .train_config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
 from .variants import build_model, load_corpus
 
@@ -556,6 +557,7 @@ def train(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
+    gemm.configured()  # a bad $LMFIX_GEMM fails here, before the run directory is touched
     state = None
     if resume:
         resume_config(run_dir, config.to_dict())

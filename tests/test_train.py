@@ -218,3 +218,11 @@ def test_resume_without_checkpoint_and_contradicting_flags(tiny_corpus_dir, tmp_
     assert_one_line_error(code, err, "nothing to resume")
     code, _, err = run_cli(["train", "--resume", str(tmp_path / "missing")], capsys)
     assert_one_line_error(code, err, "not a training run")
+
+
+def test_bad_gemm_backend_is_one_line_before_the_run_starts(tiny_corpus_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lmfix.ops.gemm._backend", "mkl")  # as LMFIX_GEMM=mkl would set it at import
+    assert main(["train", *tiny_flags(tiny_corpus_dir, tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown GEMM backend 'mkl'" in err and "LMFIX_GEMM" in err
+    assert not (tmp_path / "runs").exists()

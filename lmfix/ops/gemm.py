@@ -49,9 +49,14 @@ def _checked(name: str) -> str:
 _backend = os.environ.get("LMFIX_GEMM", "auto")
 
 
+def configured() -> str:
+    """The backend as set (``auto`` unresolved), checked."""
+    return _checked(_backend)
+
+
 def backend() -> str:
     """The backend in force: ``onednn`` or ``torch`` (``auto`` resolved)."""
-    name = _checked(_backend)
+    name = configured()
     if name == "auto":
         return "onednn" if onednn_available() else "torch"
     return name
