@@ -163,7 +163,7 @@ def test_fused_dense_loss_skips_gradient_work_without_grad(monkeypatch):
     head = DenseFixedHead(unit_rows())
     x, target = torch.randn(20, D), torch.randint(V, (20,))
     calls, linear = [], dense_loss.linear
-    monkeypatch.setattr("lmfix.ops.dense_loss.linear", lambda *args: calls.append(1) or linear(*args))
+    monkeypatch.setattr("lmfix.ops.dense_loss.linear", lambda *args, **kw: calls.append(1) or linear(*args, **kw))
     with torch.no_grad():
         loss = head.loss(x, target, "sum")
     assert len(calls) == 1  # only the logits GEMM, no G @ E

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from lmfix.ops.gemm import linear
+from lmfix.ops.gemm import linear, uses_onednn
 
 # Logits of one chunk (32 MiB in float32): ~250 tokens at V = 33k, enough for
 # efficient GEMMs; measured as fast as unchunked at V=33278, d=512.
@@ -63,10 +63,13 @@ class _DenseCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if need_g else None
         grad_w = torch.zeros_like(weight) if needs[3] else None
         forward_w, backward_w = packed or (weight, weight.t())
+        # One logits buffer for all chunks, where the backend writes into it (not oneDNN).
+        buffer = None if uses_onednn(x, forward_w) else x.new_empty(rows * weight.shape[0])
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], target[start : start + rows]
             at = torch.arange(yc.numel(), device=yc.device)
-            logits = linear(xc * a if a != 1.0 else xc, forward_w, bias)
+            out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
+            logits = linear(xc * a if a != 1.0 else xc, forward_w, bias, out=out)
             picked = logits[at, yc]
             top = logits.amax(1, keepdim=True)
             probs = logits.sub_(top).exp_()

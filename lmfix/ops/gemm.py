@@ -103,13 +103,25 @@ def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ w.T + bias`` for 2-d ``x`` (N, K) and ``w`` (M, K): dense (a transposed view is fine) or packed."""
-    if w.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``linear(x, w)`` (outside autograd) runs on oneDNN, which cannot write into ``out``."""
+    return w.is_mkldnn or (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and backend() == "onednn")
+
+
+def linear(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ w.T + bias`` for 2-d ``x`` (N, K) and ``w`` (M, K): dense (a transposed view is fine) or packed.
+
+    ``out`` (N, M), outside autograd: a buffer to reuse where the backend can write into one
+    (``torch``; oneDNN always allocates its result). Saves the page faults of a fresh large tensor.
+    """
     differentiable = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w, bias))
-    if (not differentiable and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
-            and backend() == "onednn"):
+    if differentiable and not w.is_mkldnn:
+        return F.linear(x, w, bias)
+    if uses_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
-    return F.linear(x, w, bias)
+    if out is None:
+        return F.linear(x, w, bias)
+    return torch.mm(x, w.t(), out=out) if bias is None else torch.addmm(bias, x, w.t(), out=out)
