@@ -51,6 +51,8 @@ def chunk_rows(tokens: int, vocab_size: int) -> int:
 
 
 class _DenseCrossEntropy(torch.autograd.Function):
+    """Loss (times ``norm``) in the forward; the gradients of x, scale, bias and a learned W with it."""
+
     @staticmethod
     def forward(ctx, x, scale, bias, weight, target, norm, grads, packed):
         needs = [grads and need for need in ctx.needs_input_grad[:4]]
