@@ -103,13 +103,13 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
         from .train_config import ConfigError
 
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
     from .variants import load_corpus
 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
     vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(cfg.gemm or gemm.configured()):
-        backend = gemm.backend()
+    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(backend):
         steppers = {}
         for name in cfg.variants:
             progress(f"building {name}")

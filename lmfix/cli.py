@@ -534,8 +534,8 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
     for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
         p.add_argument("--" + name.replace("_", "-"), type=_positive_int)
     p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
-    p.add_argument("--gemm", choices=("auto", "onednn", "torch"),
-                   help="GEMM backend of lmfix's dense heads (default $LMFIX_GEMM or auto); plain always uses F.linear")
+    p.add_argument("--gemm", help="GEMM backend of lmfix's dense heads: auto, onednn or torch (default $LMFIX_GEMM "
+                   "or auto); plain always uses F.linear")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_train)
 

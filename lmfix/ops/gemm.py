@@ -54,12 +54,17 @@ def configured() -> str:
     return _checked(_backend)
 
 
-def backend() -> str:
-    """The backend in force: ``onednn`` or ``torch`` (``auto`` resolved)."""
-    name = configured()
+def resolve(name: str) -> str:
+    """``onednn`` or ``torch`` for a backend name (``auto`` resolved), checked."""
+    name = _checked(name)
     if name == "auto":
         return "onednn" if onednn_available() else "torch"
     return name
+
+
+def backend() -> str:
+    """The backend in force: ``onednn`` or ``torch``."""
+    return resolve(_backend)
 
 
 @contextlib.contextmanager
@@ -97,15 +102,18 @@ def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
 
     None when there is nothing to gain: another backend, device or dtype, or a matrix over the size cap.
     """
-    if (backend() != "onednn" or w.device.type != "cpu" or w.dtype != torch.float32
-            or w.numel() > _PACK_MAX_ELEMENTS):
+    if not _onednn_takes(w) or w.numel() > _PACK_MAX_ELEMENTS:
         return None
     return torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
 
 
+def _onednn_takes(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and backend() == "onednn"
+
+
 def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether ``linear(x, w)`` (outside autograd) runs on oneDNN, which cannot write into ``out``."""
-    return w.is_mkldnn or (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and backend() == "onednn")
+    return w.is_mkldnn or (_onednn_takes(x) and w.dtype == x.dtype)
 
 
 def linear(
