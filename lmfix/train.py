@@ -302,7 +302,8 @@ class Trainer:
             flags = torch.tensor([float(interrupted), float(out_of_time and self.dist.main)], device=self.device)
             dist.all_reduce(flags, dist.ReduceOp.MAX)
             interrupted, out_of_time = bool(flags[0]), bool(flags[1])
-            self._interrupted = interrupted
+            # Only ever set the flag here: a signal handled right after the all-reduce has set it already.
+            self._interrupted = self._interrupted or interrupted
         if interrupted:
             return "interrupted"
         if self.cfg.max_tokens and self.tokens >= self.cfg.max_tokens:
@@ -506,6 +507,28 @@ def _rank0_first(ddp: Dist, make):
     return value
 
 
+def _rank0_verdict(ddp: Dist, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only and raise its error on every rank.
+
+    Checks that create files (the new run directory) must not run on every
+    rank: one rank's files would make another's check refuse at random.
+    """
+    refusal: LmfixError | None = None
+    if ddp.main:
+        try:
+            check()
+        except LmfixError as exc:
+            refusal = exc
+    if ddp.active:
+        verdict = [None if refusal is None else (type(refusal), str(refusal))]
+        dist.broadcast_object_list(verdict, 0)
+        if verdict[0] is not None and refusal is None:
+            kind, message = verdict[0]
+            refusal = kind(message)
+    if refusal is not None:
+        raise refusal
+
+
 def _summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> dict:
     return {
         "embed": config.embed,
@@ -567,10 +590,10 @@ def train(
                 f"with --overwrite"
             )
         state = checkpoint.load(run_dir / checkpoint.LAST)
-    else:
-        _check_new_run_dir(run_dir, overwrite)
     ddp, device, created_group = init_distributed(config.device)
     try:
+        if not resume:
+            _rank0_verdict(ddp, lambda: _check_new_run_dir(run_dir, overwrite))
         trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
         if state is not None:
             trainer.restore(state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,7 +67,8 @@ def test_two_processes_match_one_and_frozen_matrix_is_not_synchronized(tiny_corp
 @pytest.mark.slow
 def test_ctrl_c_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(
         tiny_corpus_dir: Path, tmp_path: Path):
-    long = dict(max_tokens=16000, eval_interval=100, checkpoint_interval=50)
+    # epochs=20: the token budget, not the (short) tiny epoch, ends the run, so Ctrl-C lands mid-run
+    long = dict(epochs=20, max_tokens=16000, eval_interval=100, checkpoint_interval=50)
     reference = torchrun(tiny_corpus_dir, tmp_path / "reference", **long)
 
     run = tmp_path / "interrupted"
@@ -89,3 +91,61 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_r
     assert resumed["world_size"] == 2 and resumed["steps"] == reference["steps"]
     assert resumed["tokens"] == reference["tokens"]
     assert resumed["final_valid_ppl"] == pytest.approx(reference["final_valid_ppl"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_starts_several_new_runs_in_a_row(tiny_corpus_dir: Path, tmp_path: Path):
+    """A new run name under torchrun must never race: only rank 0 checks and creates the directory."""
+    for i in range(3):
+        summary = torchrun(tiny_corpus_dir, tmp_path / f"run{i}", max_tokens=200)
+        assert summary["world_size"] == 2 and summary["tokens"] >= 200
+
+
+# Each rank started by hand (what torchrun does), with the directory check holding its temporary file
+# for 3 s: under the old start every rank checked, so one rank's file made the other refuse.
+CONTENDED_RANK = """
+import sys, tempfile, time
+import lmfix.train
+real = tempfile.NamedTemporaryFile
+class Slow:
+    def __init__(self, *args, **kwargs): self.file = real(*args, **kwargs)
+    def __enter__(self): time.sleep(3); return self.file.__enter__()
+    def __exit__(self, *exc): return self.file.__exit__(*exc)
+lmfix.train.tempfile.NamedTemporaryFile = Slow
+from lmfix.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def launch_by_hand(cmd: list[str]) -> list[subprocess.CompletedProcess]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(TORCHRUN_ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", CONTENDED_RANK, *cmd], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a rank hung: one rank refused to start while the other waited for it")
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outputs, strict=True)]
+
+
+@pytest.mark.slow
+def test_new_run_directory_check_under_contention(tiny_corpus_dir: Path, tmp_path: Path):
+    run = tmp_path / "contended"
+    cmd = torchrun_cmd(tiny_corpus_dir, run, max_tokens=200)[len(TORCHRUN):]
+    for proc in launch_by_hand(cmd):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / checkpoint.SUMMARY).read_text())["world_size"] == 2
+
+    # Rank 0 refuses the existing run; every rank fails with its message instead of hanging or training.
+    for proc in launch_by_hand(cmd):
+        assert proc.returncode == 2
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("lmfix: error:")]
+        assert len(errors) == 1 and f"{run} already exists" in errors[0], proc.stderr[-3000:]
