@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmfix.batching import BPTTStream, batchify
+from lmfix.data.batching import BPTTStream, batchify
 
 
 def test_batchify_columns_are_contiguous_streams():

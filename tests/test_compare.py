@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmfix.analysis.compare import compare_runs
+from lmfix.analysis.evaluate import evaluate_run
 from lmfix.cli import main
-from lmfix.evaluate import evaluate_run
-from lmfix.report import compare_runs
-from lmfix.train import train
+from lmfix.training.trainer import train
 from tests.test_train import assert_one_line_error, one_thread, tiny_config  # noqa: F401
 
 

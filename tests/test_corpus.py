@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmfix import corpus as corpus_mod
 from lmfix.cli import main
-from lmfix.corpus import load, manifest_toml, resolve
+from lmfix.data import sources
+from lmfix.data.corpus import load, manifest_toml
+from lmfix.data.sources import resolve
+from lmfix.data.tokenizers import TokenizerConfig
+from lmfix.data.vocab import EOS, Vocab
 from lmfix.errors import CorpusError
-from lmfix.tokenizers import TokenizerConfig
-from lmfix.vocab import EOS, Vocab
 
 
 def test_word_tokenization_counts_eos_per_line_including_empty(tiny_corpus_dir: Path):
@@ -94,7 +95,7 @@ def test_bad_corpus_directories(tiny_corpus_dir: Path, setup, message: str):
     with pytest.raises(CorpusError, match=message):
         load(str(tiny_corpus_dir))
     # Nothing half-written in the cache.
-    assert not list(Path(corpus_mod.cache_root()).rglob("*.npy"))
+    assert not list(Path(sources.cache_root()).rglob("*.npy"))
 
 
 def test_bad_tokenizer_settings(tiny_corpus_dir: Path):
@@ -104,7 +105,7 @@ def test_bad_tokenizer_settings(tiny_corpus_dir: Path):
         TokenizerConfig("spm")
     with pytest.raises(CorpusError, match="smaller --vocab-size"):
         load(str(tiny_corpus_dir), tokenizer=TokenizerConfig("spm", vocab_size=5000))
-    assert not list(Path(corpus_mod.cache_root()).rglob("vocab.txt"))
+    assert not list(Path(sources.cache_root()).rglob("vocab.txt"))
 
 
 # --------------------------------------------------------------------------- manifests and the hub
@@ -121,7 +122,7 @@ def fake_manifest(tmp_path: Path, monkeypatch, tiny_corpus_dir: Path) -> Path:
         'splits = { train = "train", valid = "validation", test = "test" }\n\n'
     )
     (mdir / "toy.toml").write_text(header + manifest_toml(files))
-    monkeypatch.setattr(corpus_mod, "MANIFEST_DIR", mdir)
+    monkeypatch.setattr(sources, "MANIFEST_DIR", mdir)
     monkeypatch.delenv("LMFIX_CORPORA", raising=False)
     return tiny_corpus_dir
 
@@ -170,10 +171,10 @@ def test_hub_download_into_cache(fake_manifest: Path, monkeypatch):
 
     stand_in, calls = _stand_in_hub(fake_manifest)
     monkeypatch.setattr(datasets, "load_dataset", stand_in)
-    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: None)
+    monkeypatch.setattr(sources, "hub_offline_reason", lambda: None)
     c = load("toy")
     assert calls == [("someone/toy", "toy-v1")]
-    cached = corpus_mod.cache_root() / "toy" / "train.txt"
+    cached = sources.cache_root() / "toy" / "train.txt"
     assert cached.is_file()
     expected = load(str(fake_manifest))
     assert c.stats["tokens"] == expected.stats["tokens"]
@@ -189,20 +190,20 @@ def test_offline_and_not_found_says_where_it_looked(fake_manifest: Path, monkeyp
         raise ConnectionError("Couldn't reach 'someone/toy' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: None)
+    monkeypatch.setattr(sources, "hub_offline_reason", lambda: None)
     with pytest.raises(CorpusError) as err:
         load("toy")
     msg = str(err.value)
     assert "--data-dir" in msg and "LMFIX_CORPORA" in msg and "someone/toy" in msg
     assert "\n" not in msg
-    assert not (corpus_mod.cache_root() / "toy").exists()
+    assert not (sources.cache_root() / "toy").exists()
 
 
 def test_offline_is_detected_without_waiting_for_retries(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "https://no-such-host.invalid")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    assert corpus_mod.hub_offline_reason() == "offline: cannot resolve no-such-host.invalid"
+    assert sources.hub_offline_reason() == "offline: cannot resolve no-such-host.invalid"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -241,7 +242,7 @@ def test_cli_rejects_bad_flag_values(capsys):
 def test_print_manifest_matches_shipped_wikitext2(wikitext2_dir: Path, capsys):
     assert main(["prepare", str(wikitext2_dir), "--print-manifest"]) == 0
     out = capsys.readouterr().out
-    shipped = (corpus_mod.MANIFEST_DIR / "wikitext-2.toml").read_text()
+    shipped = (sources.MANIFEST_DIR / "wikitext-2.toml").read_text()
     for line in out.splitlines():
         if line.startswith(("sha256", "tokens_sha256", "lines", "tokens")):
             assert line in shipped
@@ -271,8 +272,8 @@ def test_gensim_lee_smoke_corpus_is_cut_from_gensim_test_data():
     c = load("gensim-lee")
     assert c.stats["tokens"] == {"train": 60190, "valid": 2151, "test": 1882}
     # lee.cor is Latin-1 in gensim; the cached split is UTF-8 with the accents intact.
-    cut = (corpus_mod.cache_root() / "gensim-lee" / "valid.txt").read_text(encoding="utf-8")
-    cut += (corpus_mod.cache_root() / "gensim-lee" / "test.txt").read_text(encoding="utf-8")
+    cut = (sources.cache_root() / "gensim-lee" / "valid.txt").read_text(encoding="utf-8")
+    cut += (sources.cache_root() / "gensim-lee" / "test.txt").read_text(encoding="utf-8")
     assert not cut.isascii()
     assert c.vocab.unk_id is not None  # valid/test words unseen in train map to <unk>
 
@@ -283,7 +284,7 @@ def test_prepared_known_corpus_loads_without_its_text(fake_manifest: Path, tmp_p
     monkeypatch.setenv("LMFIX_CORPORA", str(root))
     first = load("toy")
     shutil.rmtree(root / "toy")
-    monkeypatch.setattr(corpus_mod, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
+    monkeypatch.setattr(sources, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
     with pytest.warns(UserWarning, match="using the prepared cache"):
         again = load("toy")
     assert again.vocab == first.vocab and np.array_equal(again.ids["train"], first.ids["train"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lmfix import checkpoint
-from lmfix.train import train
+from lmfix.training import checkpoint
+from lmfix.training.trainer import train
 from tests.test_train import TINY, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,13 +105,13 @@ def test_torchrun_starts_several_new_runs_in_a_row(tiny_corpus_dir: Path, tmp_pa
 # for 3 s: under the old start every rank checked, so one rank's file made the other refuse.
 CONTENDED_RANK = """
 import sys, tempfile, time
-import lmfix.train
+import lmfix.training.rundir
 real = tempfile.NamedTemporaryFile
 class Slow:
     def __init__(self, *args, **kwargs): self.file = real(*args, **kwargs)
     def __enter__(self): time.sleep(3); return self.file.__enter__()
     def __exit__(self, *exc): return self.file.__exit__(*exc)
-lmfix.train.tempfile.NamedTemporaryFile = Slow
+lmfix.training.rundir.tempfile.NamedTemporaryFile = Slow
 from lmfix.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmfix.corpus import load
-from lmfix.embeddings.bench import bench, compare_svd
+from lmfix.bench.embeddings import bench, compare_svd
+from lmfix.data.corpus import load
 
 
 def test_bench_builds_in_fresh_processes(tiny_corpus_dir: Path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from lmfix.corpus import Corpus, load
+from lmfix.data.corpus import Corpus, load
 from lmfix.embeddings import METHODS, EmbeddingError, build, cache_path, get_or_build, load_artifact, pmi
 from lmfix.embeddings.artifact import cache_dir
 from lmfix.embeddings.diagnostics import coherence, diagnose, export_word2vec, neighbors

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from lmfix.analysis.evaluate import evaluate_run
+from lmfix.analysis.generate import generate
 from lmfix.cli import main
-from lmfix.evaluate import evaluate_run
-from lmfix.generate import generate
-from lmfix.train import train
-from lmfix.train_config import ConfigError
+from lmfix.training.config import ConfigError
+from lmfix.training.trainer import train
 from tests.test_train import assert_one_line_error, one_thread, tiny_config  # noqa: F401
 
 

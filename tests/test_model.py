@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmfix.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
-from lmfix.model import LanguageModel, ModelConfig, detach_hidden
+from lmfix.model.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
+from lmfix.model.lstm import LanguageModel, ModelConfig, detach_hidden
 from lmfix.ops import dense_loss, make_layout
 from lmfix.ops.dense_loss import chunk_rows
 from lmfix.ops.gemm import GemmError, onednn_available

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmfix.ops.bench_head import format_head_table, run_head_bench
+from lmfix.bench.head import format_head_table, run_head_bench
 
 
 def test_bench_rows_and_table(monkeypatch):

@@ -7,8 +7,8 @@ import scipy.linalg
 import torch
 
 from lmfix.ops import fwht
-from lmfix.ops.hadamard import parity
-from lmfix.ops.transform import factors, swapped_fwht_into
+from lmfix.ops.bits import factors, parity
+from lmfix.ops.transform import swapped_fwht_into
 
 
 def dense_hadamard(n: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmfix.bench.memtrack import AllocationTracker
 from lmfix.ops import hadamard_cross_entropy, hadamard_logits, make_layout
-from lmfix.ops.memtrack import AllocationTracker
 
 # (vocab, dim): V not a multiple of the block, d not a power of two, V < d, n == D.
 SIZES = [(1000, 32), (300, 24), (70, 64), (5, 8)]

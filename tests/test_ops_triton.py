@@ -36,14 +36,14 @@ else:
     import torch
     import torch.nn.functional as F
 
-    from lmfix.ops import hadamard_cross_entropy, make_layout, triton_kernels
+    from lmfix.ops import hadamard_cross_entropy, make_layout, triton_fwht
 
     @pytest.mark.parametrize(("rows", "n"), [(37, 16), (5, 128), (19, 256), (3, 512)])
     def test_fwht_kernel_matches_scipy(rows, n):
         # Row counts are not multiples of the kernel's tile rows (partial tiles are masked).
         x = torch.randn(rows, n, dtype=torch.float64)
         ref = x @ torch.tensor(scipy.linalg.hadamard(n), dtype=torch.float64)
-        out = triton_kernels.fwht(x)
+        out = triton_fwht.fwht(x)
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
@@ -77,4 +77,4 @@ else:
         layout = make_layout(100, 8, "distinct")
         with pytest.raises(ValueError, match="16 <= block <= 4096"):
             hadamard_cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), layout, backend="triton")
-        assert not triton_kernels.supports_fwht(8) and triton_kernels.supports_fwht(8192)
+        assert not triton_fwht.supports_fwht(8) and triton_fwht.supports_fwht(8192)

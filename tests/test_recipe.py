@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lmfix.cli import main
-from lmfix.recipe import RECIPES_DIR, RecipeError, load_recipe, run_recipe
-from lmfix.train_config import EMBEDS
+from lmfix.model.registry import EMBEDS
+from lmfix.recipes.runner import RECIPES_DIR, RecipeError, load_recipe, run_recipe
 
 PAPER_VARIANTS = ["learned", "learned-untied", "orthogonal", "word2vec", "pmi", "hadamard", "hadamard-truncated"]
 
@@ -92,7 +92,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path: Path):
 
 
 def test_demo_uses_wikitext2_when_found(wikitext2_dir: Path, monkeypatch):
-    from lmfix.recipe import DEMO_VARIANTS, demo_recipe
+    from lmfix.recipes.runner import DEMO_VARIANTS, demo_recipe
 
     monkeypatch.setenv("LMFIX_CORPORA", str(wikitext2_dir.parent))
     recipe, overrides, output, missing = demo_recipe()
@@ -102,11 +102,11 @@ def test_demo_uses_wikitext2_when_found(wikitext2_dir: Path, monkeypatch):
 
 
 def test_demo_falls_back_to_smoke_and_says_why(monkeypatch, tmp_path: Path):
-    from lmfix import corpus
-    from lmfix.recipe import demo_recipe
+    from lmfix.data import sources
+    from lmfix.recipes.runner import demo_recipe
 
     monkeypatch.delenv("LMFIX_CORPORA", raising=False)
-    monkeypatch.setattr(corpus, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
+    monkeypatch.setattr(sources, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
     recipe, overrides, output, missing = demo_recipe()
     assert recipe.name == "smoke" and overrides == {}
     assert "LMFIX_CORPORA" in missing and "offline" in missing

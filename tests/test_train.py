@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmfix import checkpoint
 from lmfix.cli import main
-from lmfix.model import LanguageModel
-from lmfix.train import TrainingDiverged, train
-from lmfix.train_config import ConfigError, TrainConfig, resume_config
+from lmfix.model.lstm import LanguageModel
+from lmfix.training import checkpoint
+from lmfix.training.config import ConfigError, TrainConfig, resume_config
+from lmfix.training.trainer import TrainingDiverged, train
 
 TINY = dict(emsize=16, nhid=24, nlayers=2, batch_size=4, eval_batch_size=4, bptt=10, epochs=1, lr=5.0,
             log_interval=5, checkpoint_interval=10, dropout=0.1, dropouth=0.1, dropouti=0.1)
@@ -146,7 +146,7 @@ def test_unknown_embed_is_one_line(tiny_corpus_dir, tmp_path, capsys):
 
 
 def test_artifact_for_another_vocabulary_or_dimension_is_refused(tiny_corpus_dir, tmp_path, capsys):
-    from lmfix.corpus import load
+    from lmfix.data.corpus import load
     from lmfix.embeddings import get_or_build
     from tests.conftest import write_tiny_corpus
 

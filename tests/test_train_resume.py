@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from lmfix import checkpoint
 from lmfix.cli import main
-from lmfix.train import train
+from lmfix.training import checkpoint
+from lmfix.training.trainer import train
 from tests.test_train import one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 # Everything that draws random numbers or changes the schedule mid-run is on.
@@ -22,8 +22,8 @@ HARD = dict(epochs=3, dropoute=0.1, wdrop=0.2, variable_bptt=True, optimizer="as
 # Trains like `lmfix train`, slowed down per step so the test can kill it mid-run.
 CHILD = """
 import json, sys, time, torch
-from lmfix.train import train
-from lmfix.train_config import TrainConfig
+from lmfix.training.trainer import train
+from lmfix.training.config import TrainConfig
 torch.set_num_threads(1)
 slow = lambda event: time.sleep(0.03) if event.kind == "step" else None
 train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=slow)

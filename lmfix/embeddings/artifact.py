@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import atomic
-from ..corpus import PACKAGE_ROOT
-from ..errors import CorpusError, LmfixError
-from ..vocab import Vocab
+from lmfix import atomic
+from lmfix.data.sources import PACKAGE_ROOT
+from lmfix.data.vocab import Vocab
+from lmfix.errors import CorpusError, LmfixError
 
 if TYPE_CHECKING:
-    from ..ops.hadamard import HadamardLayout
+    from lmfix.ops.hadamard import HadamardLayout
 
 FORMAT = "lmfix-embeddings"
 FORMAT_VERSION = 1
@@ -186,7 +186,7 @@ def load_artifact(path: str | os.PathLike, vocab: Vocab | None = None) -> Embedd
             )
         hadamard = None
         if header["hadamard"] is not None:
-            from ..ops.hadamard import HadamardLayout
+            from lmfix.ops.hadamard import HadamardLayout
 
             hadamard = HadamardLayout.from_dict(header["hadamard"])
         art = EmbeddingArtifact(

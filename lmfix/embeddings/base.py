@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .artifact import EmbeddingError
+from lmfix.embeddings.artifact import EmbeddingError
 
 if TYPE_CHECKING:
-    from ..ops.hadamard import HadamardLayout
+    from lmfix.ops.hadamard import HadamardLayout
 
 # Offsets the seeds of auxiliary random streams so they never replay a method's main stream.
 FALLBACK_STREAM = 0x5EED

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
-from .artifact import EmbeddingArtifact, EmbeddingError
+from lmfix import atomic
+from lmfix.embeddings.artifact import EmbeddingArtifact, EmbeddingError
 
 CHUNK = 4096  # rows generated at a time for Hadamard artifacts
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..corpus import Corpus
-from .artifact import EmbeddingError
-from .base import Built, option, require
+from lmfix.data.corpus import Corpus
+from lmfix.embeddings.artifact import EmbeddingError
+from lmfix.embeddings.base import Built, option, require
 
 LAYOUT_NOTES = {
     "distinct": "distinct layout: every word gets its own row",
@@ -30,7 +30,7 @@ class HadamardConfig:
 
 
 def build(corpus: Corpus, dim: int, seed: int, cfg: HadamardConfig) -> Built:
-    from ..ops.hadamard import make_layout
+    from lmfix.ops.hadamard import make_layout
 
     try:
         layout = make_layout(len(corpus.vocab), dim, layout=cfg.layout, seed=seed)

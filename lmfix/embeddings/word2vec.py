@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..corpus import Corpus
-from .base import Built, option, require, runtime, unit_rows
+from lmfix.data.corpus import Corpus
+from lmfix.embeddings.base import Built, option, require, runtime, unit_rows
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Fixed Hadamard classifier ops: layouts, the Walsh-Hadamard transform and the fused head loss."""
+"""Kernels below the model: fused dense and Hadamard cross entropy, the Walsh-Hadamard transform,
+Hadamard layouts, Triton kernels for CUDA and the CPU GEMM backend. Nothing here imports a stage above.
+"""
 
 from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout

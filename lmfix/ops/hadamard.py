@@ -30,25 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lmfix.ops.bits import next_pow2, parity
+
 LAYOUTS = ("distinct", "truncated")
 # Seeded draws compared for coherence in make_layout; more barely helps.
 _COHERENCE_DRAWS = 8
 # Draws tried before giving up on a full-rank set of columns.
 _MAX_DRAWS = 256
-
-
-def next_pow2(value: int) -> int:
-    """Smallest power of two >= value (value >= 1)."""
-    return 1 << (value - 1).bit_length()
-
-
-def parity(values: torch.Tensor) -> torch.Tensor:
-    """Popcount parity (0/1) of a non-negative integer tensor, by xor folding."""
-    shift = torch.iinfo(values.dtype).bits // 2
-    while shift:
-        values = values ^ (values >> shift)
-        shift //= 2
-    return values & 1
 
 
 def _gf2_basis(values: list[int]) -> list[int]:
@@ -189,7 +177,7 @@ def _check_sizes(vocab_size: int, dim: int, layout: str) -> None:
 
 def _max_coherence(columns: np.ndarray, n: int) -> float:
     """max over u != 0 of |<row w, row w ^ u>| / d, via one n-point transform of the column indicator."""
-    from lmfix.ops.transform import fwht
+    from lmfix.ops.transform import fwht  # the transform does not import the layout: no circle
 
     indicator = torch.zeros(1, n, dtype=torch.float64)
     indicator[0, torch.from_numpy(columns)] = 1.0

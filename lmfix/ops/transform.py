@@ -9,7 +9,7 @@ transposed (free for BLAS) and the block is transposed back on the final copy
 (``swapped_fwht_into`` skips that copy for callers that can permute instead).
 Measured on 2 cores, 4160 x 512 float32: ~2.4 ms against ~12 ms for the dense
 ``x @ H_512``. Orders above ``_MAX_DIGITS_N`` recurse on the factors. CUDA
-tensors go to the Triton kernel when it supports the order (``triton_kernels.py``).
+tensors go to the Triton kernel when it supports the order (``triton_fwht.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from types import ModuleType
 
 import torch
 
-from lmfix.ops.hadamard import parity
+from lmfix.ops.bits import factors, parity
 
 # Elements per row block: two buffers of this size stay in a 1-2 MiB L2.
 _BLOCK_ELEMENTS = 1 << 17
@@ -32,12 +32,6 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, device: str = "c
     """Dense Sylvester H_n (scipy order) for the small factors of the transform."""
     index = torch.arange(n, device=device)
     return (1 - 2 * parity(index[:, None] & index[None, :])).to(dtype)
-
-
-def factors(n: int) -> tuple[int, int]:
-    """Split n = a * b with b the larger power of two (a == 1 for n < 4)."""
-    b = 1 << ((n.bit_length()) // 2)
-    return n // b, b
 
 
 def _row_blocks(rows: int, n: int):
@@ -98,20 +92,20 @@ def _fwht_recursive(x: torch.Tensor, out: torch.Tensor, a: int, b: int) -> torch
     return out
 
 
-def triton_backend() -> ModuleType | None:
-    """The Triton kernels module, or None when triton is not installed (torch path then)."""
+def _triton_fwht() -> ModuleType | None:
+    """The Triton transform kernel's module, or None when triton is not installed (torch path then)."""
     try:
-        from lmfix.ops import triton_kernels
+        from lmfix.ops import triton_fwht
     except ImportError:
         return None
-    return triton_kernels
+    return triton_fwht
 
 
 def fwht_rows(x: torch.Tensor) -> torch.Tensor:
     """Transform of ``x`` over its last dim with the backend for its device (no autograd)."""
     n = x.shape[-1]
     flat = x.reshape(-1, n).contiguous()
-    kernels = triton_backend() if flat.is_cuda else None
+    kernels = _triton_fwht() if flat.is_cuda else None
     if kernels is not None and kernels.supports_fwht(n):
         return kernels.fwht(flat).view(x.shape)
     return fwht_into(flat, torch.empty_like(flat)).view(x.shape)

@@ -12,12 +12,10 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from . import atomic
-from .errors import LmfixError
+from lmfix import atomic
+from lmfix.errors import LmfixError
+from lmfix.model.registry import EMBEDS, FIXED
 
-LEARNED = ("learned", "learned-untied")
-FIXED = ("orthogonal", "word2vec", "pmi", "hadamard")
-EMBEDS = LEARNED + FIXED
 OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
 DEFAULT_LR = {"sgd": 20.0, "asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 CONFIG_FILE = "config.toml"
@@ -144,7 +142,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if self.embeddings and self.embed == "learned":  # the default: take the artifact's method
-            from .embeddings import load_artifact
+            from lmfix.embeddings import load_artifact
 
             self.embed = load_artifact(self.embeddings).method
         if self.embeddings and self.embed not in FIXED:
@@ -155,7 +153,7 @@ class TrainConfig:
         return self.embed in FIXED or bool(self.embeddings)
 
     def model_config(self):
-        from .model import ModelConfig  # torch: imported only when a model is built
+        from lmfix.model.lstm import ModelConfig  # torch: imported only when a model is built
 
         # ModelConfig's fields are a subset of ours, by name: no positional coupling.
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})

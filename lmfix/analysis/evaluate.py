@@ -11,50 +11,14 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
-from . import checkpoint
-from .batching import BPTTStream, batchify
-from .corpus import SPLITS, Corpus
-from .model import LanguageModel
-from .train_config import ConfigError, TrainConfig
-from .variants import build_model, load_corpus
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
-    return device
-
-
-def batchify_split(ids: torch.Tensor, batch_size: int, split: str) -> torch.Tensor:
-    """``batchify`` with a one-line error for a split too small for the batch size."""
-    try:
-        return batchify(ids, batch_size)
-    except ValueError as exc:
-        raise ConfigError(f"the {split} split: {exc}; lower the batch size (or raise --eval-tokens)") from None
-
-
-@torch.no_grad()
-def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> tuple[float, int]:
-    """Mean cross entropy (nats/token) over batchified ``data`` and the number of tokens scored."""
-    was_training = model.training
-    model.eval()
-    hidden = model.init_hidden(data.size(1))
-    total, count = 0.0, 0
-    for x, y in BPTTStream(data, bptt):
-        loss, hidden = model(x, y, hidden, reduction="sum")
-        total += loss.item()
-        count += y.numel()
-    model.train(was_training)
-    return total / count, count
+from lmfix.data.batching import batchify_split
+from lmfix.data.corpus import SPLITS, Corpus
+from lmfix.model.lstm import LanguageModel
+from lmfix.training import checkpoint
+from lmfix.training.config import ConfigError, TrainConfig
+from lmfix.training.distributed import resolve_device
+from lmfix.training.setup import build_model, load_corpus
+from lmfix.training.trainer import corpus_loss
 
 
 def load_trained(run_dir: Path, device: str = "auto") -> tuple[LanguageModel, TrainConfig, Corpus, dict]:

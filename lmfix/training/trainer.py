@@ -10,6 +10,11 @@ Under ``torchrun`` every process trains on its own ``batch_size`` columns and
 DistributedDataParallel averages the gradients; a frozen E is a buffer, so it
 is never synchronized. The loop reports through a callback (the CLI draws the
 progress bar) and writes files only on rank 0.
+
+One file on purpose (~450 lines): the step, the validation/lr schedule and the
+checkpoint state all read and write the ``Trainer``'s progress fields, and the
+loop reads top to bottom (``run`` -> ``_loop`` -> ``train_step``). Processes and
+signals are in ``distributed``, results in ``results``, the run directory in ``rundir``.
 """
 
 from __future__ import annotations
@@ -18,98 +23,26 @@ import contextlib
 import math
 import os
 import shutil
-import signal
-import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint
-from .batching import BPTTStream
-from .errors import LmfixError
-from .evaluate import batchify_split, corpus_loss, resolve_device
-from .heads import ParamCounts
-from .model import detach_hidden
-from .ops import gemm
-from .train_config import CONFIG_FILE, ConfigError, TrainConfig, resume_config
-from .variants import build_model, load_corpus
+from lmfix.data.batching import BPTTStream, batchify_split
+from lmfix.errors import LmfixError
+from lmfix.model.lstm import LanguageModel, detach_hidden
+from lmfix.ops import gemm
+from lmfix.training import checkpoint
+from lmfix.training.config import ConfigError, TrainConfig, resume_config
+from lmfix.training.distributed import Dist, StopSignals, init_distributed, rank0_first, rank0_verdict, wrap_ddp
+from lmfix.training.results import Callback, Event, RunResult, ppl, summary
+from lmfix.training.rundir import check_new_run_dir
+from lmfix.training.setup import build_model, load_corpus
 
 
 class TrainingDiverged(LmfixError):
     """The loss or the gradient became NaN/inf."""
-
-
-@dataclass
-class Event:
-    """What the loop reports: ``start``, ``step``, ``valid``, ``checkpoint``, ``interrupted`` or ``end``."""
-
-    kind: str
-    step: int
-    tokens: int
-    total_tokens: int
-    loss: float = math.nan
-    lr: float = 0.0
-    valid_ppl: float | None = None
-    info: dict = field(default_factory=dict)
-
-
-Callback = Callable[[Event], None]
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    steps: int
-    tokens: int
-    epochs: int
-    best_valid_ppl: float
-    final_valid_ppl: float
-    train_tokens_per_second: float
-    wall_seconds: float
-    stop_reason: str  # epochs, max_tokens or time_budget
-    counts: ParamCounts
-    grad_bytes_per_step: int  # bytes of gradients DDP would all-reduce each step
-    sync_bytes_per_step: float | None  # measured under DDP, None in a single process
-    world_size: int
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device, bool]:
-    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on GPU); True if we created it."""
-    device = resolve_device(device_name)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(), device, False
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size()), device, created
 
 
 class Trainer:
@@ -117,15 +50,15 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, run_dir: Path, ddp: Dist, device: torch.device, callback: Callback):
         self.cfg, self.run_dir, self.dist, self.device, self.callback = config, run_dir, ddp, device, callback
-        self.corpus = _rank0_first(ddp, lambda: load_corpus(config))
+        self.corpus = rank0_first(ddp, lambda: load_corpus(config))
         torch.manual_seed(config.seed)
-        self.model, self.embedding = _rank0_first(ddp, lambda: build_model(config, self.corpus))
+        self.model, self.embedding = rank0_first(ddp, lambda: build_model(config, self.corpus))
         self.model.to(device)
         torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ across processes
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
         self.sync_bytes = 0
-        self.net = self._wrap_ddp() if ddp.active else self.model
+        self.net = wrap_ddp(self.model, device, self._count_sync) if ddp.active else self.model
         self.lr = config.lr
         self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
         self.optimizer = self._make_optimizer(self.optimizer_kind)
@@ -149,27 +82,13 @@ class Trainer:
         # this session only (not saved): the metrics window, the clock
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         self._session_steps = 0
-        self._interrupted = False
+        self.stop_signals = StopSignals(repeat_raises=not ddp.active)
         self._started = time.perf_counter()
 
     # ------------------------------------------------------------------ setup
 
-    def _wrap_ddp(self) -> DistributedDataParallel:
-        """DDP over the trainable parameters only (buffers such as E are ignored: never broadcast or
-        synchronized), counting the bytes each all-reduce sends."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        frozen = [name for name, _ in self.model.named_buffers()]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        net = DistributedDataParallel(self.model, device_ids=ids)
-
-        def counting_allreduce(state, bucket):
-            self.sync_bytes += bucket.buffer().numel() * bucket.buffer().element_size()
-            return allreduce_hook(state, bucket)
-
-        net.register_comm_hook(None, counting_allreduce)
-        return net
+    def _count_sync(self, nbytes: int) -> None:
+        self.sync_bytes += nbytes
 
     def _make_optimizer(self, kind: str) -> torch.optim.Optimizer:
         wd = self.cfg.weight_decay
@@ -189,7 +108,7 @@ class Trainer:
 
     def run(self) -> RunResult:
         self._emit("start", info=self._start_info())
-        with self._ctrl_c_stops():
+        with self.stop_signals:
             reason = self._loop()
         if reason == "interrupted":
             self._save_checkpoint()
@@ -202,7 +121,7 @@ class Trainer:
             self._save_checkpoint()
         result = self._result(reason or "epochs")
         if self.dist.main:
-            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, _summary(result, self.cfg, self.embedding))
+            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, summary(result, self.cfg, self.embedding))
         self._emit("end", info={"result": result})
         return result
 
@@ -228,30 +147,6 @@ class Trainer:
                 self._end_epoch()
                 reason = self._stop_reason()
         return reason
-
-    @contextlib.contextmanager
-    def _ctrl_c_stops(self):
-        """Ctrl-C (SIGINT) or SIGTERM: finish the current step, checkpoint, stop.
-
-        Single process: a second Ctrl-C stops at once. Under torchrun each worker
-        gets Ctrl-C twice (from the terminal and forwarded by torchrun), so there a
-        repeat only keeps the request; torchrun's own timeout is the hard stop.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def stop_after_this_step(signum, frame):
-            if self._interrupted and signum == signal.SIGINT and not self.dist.active:
-                raise KeyboardInterrupt
-            self._interrupted = True
-
-        previous = {sig: signal.signal(sig, stop_after_this_step) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on window (x, y); stops the run on a non-finite loss or gradient."""
@@ -296,14 +191,14 @@ class Trainer:
         Under DDP the ranks must stop after the same step: the interrupt flags are
         all-reduced (any rank's signal stops all) and rank 0's clock decides the time.
         """
-        interrupted = self._interrupted
+        interrupted = self.stop_signals.requested
         out_of_time = bool(self.cfg.time_budget) and self._elapsed() >= self.cfg.time_budget
         if self.dist.active:
             flags = torch.tensor([float(interrupted), float(out_of_time and self.dist.main)], device=self.device)
             dist.all_reduce(flags, dist.ReduceOp.MAX)
             interrupted, out_of_time = bool(flags[0]), bool(flags[1])
             # Only ever set the flag here: a signal handled right after the all-reduce has set it already.
-            self._interrupted = self._interrupted or interrupted
+            self.stop_signals.requested = self.stop_signals.requested or interrupted
         if interrupted:
             return "interrupted"
         if self.cfg.max_tokens and self.tokens >= self.cfg.max_tokens:
@@ -492,76 +387,19 @@ class Trainer:
         )
 
 
-def ppl(loss: float) -> float:
-    """Perplexity exp(loss), inf instead of an overflow error."""
-    return math.exp(loss) if loss < 700 else math.inf
-
-
-def _rank0_first(ddp: Dist, make):
-    """Run ``make`` on rank 0 first (it may write caches), then on the others."""
-    if not ddp.main:
-        ddp.barrier()
-    value = make()
-    if ddp.main:
-        ddp.barrier()
-    return value
-
-
-def _rank0_verdict(ddp: Dist, check: Callable[[], None]) -> None:
-    """Run ``check`` on rank 0 only and raise its error on every rank.
-
-    Checks that create files (the new run directory) must not run on every
-    rank: one rank's files would make another's check refuse at random.
-    """
-    refusal: LmfixError | None = None
-    if ddp.main:
-        try:
-            check()
-        except LmfixError as exc:
-            refusal = exc
-    if ddp.active:
-        verdict = [None if refusal is None else (type(refusal), str(refusal))]
-        dist.broadcast_object_list(verdict, 0)
-        if verdict[0] is not None and refusal is None:
-            kind, message = verdict[0]
-            refusal = kind(message)
-    if refusal is not None:
-        raise refusal
-
-
-def _summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> dict:
-    return {
-        "embed": config.embed,
-        "embedding": embedding,
-        "params": result.counts.to_dict(),
-        "steps": result.steps,
-        "tokens": result.tokens,
-        "epochs": result.epochs,
-        "best_valid_ppl": checkpoint.clean(result.best_valid_ppl),
-        "final_valid_ppl": checkpoint.clean(result.final_valid_ppl),
-        "valid_tokens": config.eval_tokens or "all",
-        "train_tokens_per_second": result.train_tokens_per_second,
-        "wall_seconds": result.wall_seconds,
-        "stop_reason": result.stop_reason,
-        "grad_bytes_per_step": result.grad_bytes_per_step,
-        "sync_bytes_per_step": result.sync_bytes_per_step,
-        "world_size": result.world_size,
-    }
-
-
-def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a run name (unless ``overwrite``) and fail early if the directory is unwritable."""
-    if run_dir.exists() and not overwrite and ((run_dir / CONFIG_FILE).exists() or any(run_dir.iterdir())):
-        raise ConfigError(
-            f"{run_dir} already exists: continue it with --resume {run_dir}, replace it with --overwrite, "
-            f"or pick another --name"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test"):
-            pass
-    except OSError as exc:
-        raise LmfixError(f"cannot write to run directory {run_dir}: {exc.strerror}; choose another --runs-dir") from exc
+@torch.no_grad()
+def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> tuple[float, int]:
+    """Mean cross entropy (nats/token) over batchified ``data`` and the number of tokens scored."""
+    was_training = model.training
+    model.eval()
+    hidden = model.init_hidden(data.size(1))
+    total, count = 0.0, 0
+    for x, y in BPTTStream(data, bptt):
+        loss, hidden = model(x, y, hidden, reduction="sum")
+        total += loss.item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count, count
 
 
 def train(
@@ -593,7 +431,7 @@ def train(
     ddp, device, created_group = init_distributed(config.device)
     try:
         if not resume:
-            _rank0_verdict(ddp, lambda: _check_new_run_dir(run_dir, overwrite))
+            rank0_verdict(ddp, lambda: check_new_run_dir(run_dir, overwrite))
         trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
         if state is not None:
             trainer.restore(state)

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
-from .errors import CorpusError
+from lmfix import atomic
+from lmfix.errors import CorpusError
 
 EOS = "<eos>"
 UNK = "<unk>"

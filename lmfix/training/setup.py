@@ -1,4 +1,4 @@
-"""From a ``TrainConfig`` to a model: which head each ``--embed`` gives, and where its fixed E comes from.
+"""From a ``TrainConfig`` to its corpus and model: where a fixed E comes from.
 
 A fixed E is never saved in checkpoints; a run records the artifact's id (a
 content hash) and finds the same matrix again through the artifact file or the
@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from .corpus import Corpus, load
-from .heads import DenseFixedHead, HadamardHead, Head, LearnedHead
-from .model import LanguageModel
-from .train_config import ConfigError, TrainConfig
+from lmfix.data.corpus import Corpus, load
+from lmfix.model.lstm import LanguageModel
+from lmfix.model.registry import make_head
+from lmfix.training.config import ConfigError, TrainConfig
 
 
 def load_corpus(config: TrainConfig) -> Corpus:
     """The prepared corpus a run trains on (prepared first if needed)."""
-    from .tokenizers import TokenizerConfig
+    from lmfix.data.tokenizers import TokenizerConfig
 
     tok = TokenizerConfig(config.tokenizer, config.vocab_size or None, config.spm_type)
     return load(config.corpus, data_dir=config.data_dir or None, tokenizer=tok, verify=config.verify)
@@ -27,7 +25,7 @@ def load_corpus(config: TrainConfig) -> Corpus:
 
 def load_fixed_artifact(config: TrainConfig, corpus: Corpus, expected: dict | None = None):
     """The embedding artifact of a fixed run: ``--embeddings FILE`` or built/cached for ``--embed``."""
-    from .embeddings import get_or_build, load_artifact
+    from lmfix.embeddings import get_or_build, load_artifact
 
     if config.embeddings:
         art = load_artifact(config.embeddings, vocab=corpus.vocab)
@@ -48,23 +46,13 @@ def load_fixed_artifact(config: TrainConfig, corpus: Corpus, expected: dict | No
     return art
 
 
-def build_head(config: TrainConfig, corpus: Corpus, expected: dict | None = None) -> tuple[Head, dict | None]:
-    """The head for ``config`` and, for a fixed E, a reference to its artifact (for checkpoints)."""
-    vocab_size = len(corpus.vocab)
-    if not config.fixed:
-        return LearnedHead(vocab_size, config.emsize, tied=config.embed == "learned"), None
-    art = load_fixed_artifact(config, corpus, expected)
-    scale = {"alpha": config.alpha, "learn_alpha": not config.fix_alpha, "normalize": config.normalize}
-    if art.hadamard is not None:
-        head = HadamardHead(art.hadamard, **scale)
-    else:
-        head = DenseFixedHead(torch.from_numpy(art.matrix), **scale)
-    ref = {"method": art.method, "id": art.id, "path": str(Path(art.path).resolve()) if art.path else "",
-           "vocab_fingerprint": art.vocab_fingerprint}
-    return head, ref
-
-
 def build_model(config: TrainConfig, corpus: Corpus, expected: dict | None = None) -> tuple[LanguageModel, dict | None]:
-    """The language model for ``config`` (weights freshly initialised from torch's current RNG)."""
-    head, ref = build_head(config, corpus, expected)
+    """The model for ``config`` (weights freshly initialised from torch's current RNG) and, for a fixed E,
+    a reference to its artifact (for checkpoints)."""
+    art = load_fixed_artifact(config, corpus, expected) if config.fixed else None
+    head = make_head(config.embed, len(corpus.vocab), config.emsize, art, alpha=config.alpha,
+                     learn_alpha=not config.fix_alpha, normalize=config.normalize)
+    ref = None if art is None else {
+        "method": art.method, "id": art.id, "path": str(Path(art.path).resolve()) if art.path else "",
+        "vocab_fingerprint": art.vocab_fingerprint}
     return LanguageModel(head, config.model_config()), ref

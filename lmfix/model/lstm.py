@@ -1,7 +1,7 @@
 """The LSTM language model: embed with E, run stacked LSTMs, score with E again.
 
 Everything about E (learned, frozen or generated) lives in the head
-(``lmfix.heads``); this file is the recurrent body and the dropouts of Merity
+(``lmfix.model.heads``); this file is the recurrent body and the dropouts of Merity
 et al. 2017 (AWD-LSTM), each off when its probability is zero:
 
 * ``dropoute``: drops whole words (every occurrence in the batch) from E;
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lmfix.heads import Head, ParamCounts, count_module
+from lmfix.model.heads import Head, ParamCounts, count_module
 
 Hidden = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorpusError
-from .vocab import EOS, UNK
+from lmfix.data.vocab import EOS, UNK
+from lmfix.errors import CorpusError
 
 TOKENIZERS = ("word", "spm")
 SPM_TYPES = ("unigram", "bpe")

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmfix.bench.memtrack import AllocationTracker
 from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
 from lmfix.ops.hadamard_loss import hadamard_cross_entropy
-from lmfix.ops.memtrack import AllocationTracker
 
 DENSE_HEADS = ("dense", "dense-fused")
 HEADS = (*DENSE_HEADS, *LAYOUTS)

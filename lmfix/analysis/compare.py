@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, checkpoint
-from .train_config import FIXED, TrainConfig
+from lmfix import atomic
+from lmfix.model.registry import FIXED
+from lmfix.training import checkpoint
+from lmfix.training.config import TrainConfig
 
 TABLE = "compare.md"
 VALID_PLOT = "valid_ppl.png"

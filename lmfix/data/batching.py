@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lmfix.errors import LmfixError
+
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(T,) ids -> (T // batch_size, batch_size); the tail that does not fit is dropped."""
@@ -22,6 +24,14 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     if steps < 2:
         raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")
     return ids[: steps * batch_size].view(batch_size, steps).t().contiguous()
+
+
+def batchify_split(ids: torch.Tensor, batch_size: int, split: str) -> torch.Tensor:
+    """``batchify`` with a one-line error for a split too small for the batch size."""
+    try:
+        return batchify(ids, batch_size)
+    except ValueError as exc:
+        raise LmfixError(f"the {split} split: {exc}; lower the batch size (or raise --eval-tokens)") from None
 
 
 @dataclass

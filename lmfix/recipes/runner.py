@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import atomic, checkpoint
-from .errors import LmfixError
-from .train_config import TrainConfig
+from lmfix import atomic
+from lmfix.errors import LmfixError
+from lmfix.training import checkpoint
+from lmfix.training.config import TrainConfig
 
 RECIPE_FILE = "recipe.toml"
 REPORT = "report.md"
@@ -132,11 +133,11 @@ def run_recipe(
     train_callback=None,
 ) -> RecipeResult:
     """Run every variant of ``recipe`` into ``output/VARIANT`` and write ``output/report.md``."""
-    from .embeddings import get_or_build
-    from .evaluate import evaluate_run
-    from .report import compare_runs
-    from .train import train
-    from .variants import load_corpus
+    from lmfix.analysis.compare import compare_runs
+    from lmfix.analysis.evaluate import evaluate_run
+    from lmfix.embeddings import get_or_build
+    from lmfix.training.setup import load_corpus
+    from lmfix.training.trainer import train
 
     out = Path(output or recipe.output)
     run_dirs = []
@@ -186,7 +187,7 @@ def _report(recipe: Recipe, table: str, plots: list[Path], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # `make demo`: a few minutes on 2 CPU cores, the learned baseline against two fixed matrices.
 DEMO_VARIANTS = ["learned", "word2vec", "hadamard"]
 DEMO_OVERRIDES = {"max_tokens": 100_000, "eval_interval": 40, "eval_tokens": 20_000}
@@ -198,8 +199,8 @@ def demo_recipe() -> tuple[Recipe, dict, Path, str | None]:
     The short ``wt2-cpu`` run when WikiText-2 can be found, else the smoke recipe
     on gensim's Lee corpus, with the reason (and how to provide WikiText-2).
     """
-    from .corpus import resolve
-    from .errors import CorpusError
+    from lmfix.data.corpus import resolve
+    from lmfix.errors import CorpusError
 
     try:
         resolve("wikitext-2")

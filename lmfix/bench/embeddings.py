@@ -18,9 +18,9 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from ..corpus import Corpus, load
-from . import build, pmi
-from .base import peak_rss_bytes, unit_rows
+from lmfix.data.corpus import Corpus, load
+from lmfix.embeddings import build, pmi
+from lmfix.embeddings.base import peak_rss_bytes, unit_rows
 
 # The budgets on WikiText-2 (V=33,278, d=512) with 2 CPU cores.
 TARGET_SECONDS = {"orthogonal": 5.0, "word2vec": 90.0, "pmi": 30.0, "hadamard": 1.0}

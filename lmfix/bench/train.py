@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import BPTTStream, batchify
-from .ops import gemm
-from .train import Dist, Trainer
-from .train_config import TrainConfig
+from lmfix.data.batching import BPTTStream, batchify
+from lmfix.ops import gemm
+from lmfix.training.config import TrainConfig
+from lmfix.training.distributed import Dist
+from lmfix.training.trainer import Trainer
 
 VARIANTS = ("plain", "learned", "orthogonal", "hadamard")
 
@@ -100,11 +101,11 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     """Median training tokens/s per variant and the ratios the speed targets are stated in."""
     unknown = sorted(set(cfg.variants) - set(VARIANTS))
     if unknown:
-        from .train_config import ConfigError
+        from lmfix.training.config import ConfigError
 
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
-    from .variants import load_corpus
+    from lmfix.training.setup import load_corpus
 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
     vocab_size = len(corpus.vocab)

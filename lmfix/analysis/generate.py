@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import load_trained
-from .train_config import ConfigError
-from .vocab import EOS
+from lmfix.analysis.evaluate import load_trained
+from lmfix.data.vocab import EOS
+from lmfix.training.config import ConfigError
 
 
 @torch.no_grad()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
-from .errors import LmfixError
+from lmfix import atomic
+from lmfix.errors import LmfixError
 
 FORMAT = 1
 LAST = "checkpoint.pt"

@@ -1,0 +1,68 @@
+"""Using finished runs: ``lmfix evaluate``, ``lmfix compare``, ``lmfix generate``."""
+
+from __future__ import annotations
+
+import argparse
+
+from lmfix.cli.common import positive_int
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="perplexity of trained runs on valid or test (writes eval.json)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", help="valid or test (default: test)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="default 1 for test (as AWD-LSTM: each token sees its whole history), the run's "
+                   "--eval-batch-size for valid")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lmfix.analysis.evaluate import evaluate_run
+
+    for run in args.runs:
+        r = evaluate_run(run, args.split, args.batch_size, args.device)
+        print(f"{run}: {r['split']} ppl {r['ppl']:.2f} (loss {r['loss']:.4f}, {r['tokens']:,} tokens, batch size "
+              f"{r['batch_size']}, bptt {r['bptt']}, {r['tokens_per_second']:,.0f} tok/s, step {r['step']:,})")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from lmfix.analysis.compare import compare_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent / "compare"
+    table, plots = compare_runs([Path(r) for r in args.runs], out)
+    print(table)
+    print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--words", type=positive_int, default=100, help="tokens to sample (default: 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: 1.0)")
+    p.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
+    p.add_argument("--prompt", default="", help="text to continue, in the corpus's tokens")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from lmfix.analysis.generate import generate
+
+    print(generate(args.run, args.words, args.temperature, args.seed, args.prompt, args.device))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_generate(sub)

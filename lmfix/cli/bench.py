@@ -1,0 +1,142 @@
+"""``lmfix bench head|train|embeddings``: every benchmark behind one command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lmfix.cli.common import add_corpus_flags, corpus_from_args, positive_int
+from lmfix.errors import LmfixError
+
+
+def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "head", help="output layer forward+backward: dense fixed heads vs the Hadamard heads (time, memory)",
+        description="Medians of several repeats, speed-up and peak extra memory relative to the dense head "
+        "measured in the same run. Run it on an otherwise idle machine.",
+    )
+    p.add_argument("--vocab", type=positive_int, default=33278, help="V (default: WikiText-2's 33,278)")
+    p.add_argument("--dim", type=positive_int, default=512, help="d (default: 512)")
+    p.add_argument("--tokens", type=positive_int, default=700, help="tokens per step (default: 700 = 20 x 35)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per head (default: 5)")
+    p.add_argument("--layouts", default="dense,dense-fused,distinct,truncated",
+                   help="comma-separated heads; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss")
+    p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
+    p.set_defaults(func=cmd_bench_head)
+
+
+def cmd_bench_head(args: argparse.Namespace) -> None:
+    from lmfix.bench.head import format_head_table, run_head_bench
+
+    try:
+        results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, args.layouts.split(","),
+                                 max_matrix_gb=args.max_matrix_gb)
+    except ValueError as exc:  # unknown head names, sizes a layout cannot serve
+        raise LmfixError(str(exc)) from exc
+    print(format_head_table(results))
+
+
+def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "train", help="training tokens/s: lmfix models vs plain PyTorch",
+        description="Defaults: WikiText-2 vocabulary, 2-layer 512/512 LSTM, batch 20, bptt 35; variants plain, "
+        "learned, orthogonal, hadamard timed round-robin (5 rounds x 4 steps after 2 warm-up steps).",
+    )
+    p.add_argument("--corpus", help="corpus whose vocabulary and text are used")
+    for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int)
+    p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
+    p.add_argument("--gemm", help="GEMM backend of lmfix's dense heads: auto, onednn or torch (default $LMFIX_GEMM "
+                   "or auto); plain always uses F.linear")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_train)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    import json
+
+    from lmfix import atomic
+    from lmfix.bench.train import BenchTrainConfig, bench_train
+
+    names = ("corpus", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.variants:
+        given["variants"] = tuple(args.variants.split(","))
+    cfg = BenchTrainConfig(**given)
+    result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
+    print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
+          f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}, "
+          f"lmfix GEMM {result['gemm']}")
+    print(f"{'variant':<12} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
+    for name, r in result["variants"].items():
+        print(f"{name:<12} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
+              f"{r['max_step_ms']:>8,.1f} {r['steps']:>6}")
+    for name, ratio in result["ratios"].items():
+        print(f"{name}: {ratio:.2f}x")
+    if args.json:
+        atomic.write_text(args.json, json.dumps(result, indent=2))
+
+
+def _add_bench_embeddings(bench_sub: argparse._SubParsersAction) -> None:
+    from lmfix.bench.embeddings import TARGET_SECONDS
+
+    p = bench_sub.add_parser(
+        "embeddings", help="build time and peak memory of each embedding method",
+        description="Each build runs in a fresh process; prints medians against the budgets "
+        + ", ".join(f"{m} {s:g}s" for m, s in TARGET_SECONDS.items()) + " and 4 GiB peak memory.",
+    )
+    p.add_argument("--corpus", default="wikitext-2", help="known corpus or directory (default wikitext-2)")
+    add_corpus_flags(p)
+    p.add_argument("--methods", default=",".join(TARGET_SECONDS), help="comma-separated subset")
+    p.add_argument("--dim", type=positive_int, default=512, help="columns d (default 512)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="builds per method (default 3)")
+    p.add_argument("--compare-svd", action="store_true",
+                   help="instead: time ARPACK and the randomized SVD on the PMI matrix, with accuracy")
+    p.set_defaults(func=cmd_bench_embeddings)
+
+
+def cmd_bench_embeddings(args: argparse.Namespace) -> None:
+    import os
+
+    from lmfix.bench.embeddings import TARGET_PEAK_BYTES, TARGET_SECONDS, bench, compare_svd
+    from lmfix.embeddings import get_method
+
+    corpus = corpus_from_args(args, args.corpus)
+    if args.compare_svd:
+        print(f"PMI truncated SVD, {len(corpus.vocab):,} x {len(corpus.vocab):,} PPMI, k={args.dim} "
+              "(accuracy against ARPACK)")
+        print(f"{'solver':<16} {'seconds':>8} {'sv err mean':>12} {'sv err max':>11} {'subspace':>9} "
+              f"{'top-10 nbrs':>12}")
+        for r in compare_svd(corpus, args.dim):
+            name = r.solver if r.power_iters is None else f"{r.solver} q={r.power_iters}"
+            print(f"{name:<16} {r.seconds:>8.2f} {r.sv_error_mean:>12.4f} {r.sv_error_max:>11.4f} "
+                  f"{r.subspace:>9.4f} {r.neighbor_agreement:>12.3f}")
+        return
+    methods = [get_method(m.strip()).name for m in args.methods.split(",")]
+    load_kwargs = {"data_dir": args.data_dir, "tokenizer": corpus.tokenizer, "verify": not args.no_verify}
+
+    def progress(method, run) -> None:
+        print(f"  {method}: {run.seconds:.2f}s ({run.cpu_seconds:.1f} CPU s), "
+              f"peak {run.peak_rss_bytes / 2**30:.2f} GiB", file=sys.stderr)
+
+    results = bench(methods, args.corpus, load_kwargs, args.dim, args.repeat, progress=progress)
+    print(f"{corpus.name}: V={len(corpus.vocab):,}, d={args.dim}, {args.repeat} fresh-process builds per method, "
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<11} {'median s':>9} {'budget':>7} {'CPU s':>7} {'peak GiB':>9} {'build GiB':>10} "
+          f"{'imports s':>10}  ok")
+    for r in results:
+        build_gib = max(run.build_rss_bytes for run in r.runs) / 2**30
+        imports = max(run.import_seconds for run in r.runs)
+        print(f"{r.method:<11} {r.median_seconds:>9.2f} {TARGET_SECONDS[r.method]:>7g} {r.median_cpu_seconds:>7.1f} "
+              f"{r.max_peak_bytes / 2**30:>9.2f} {build_gib:>10.2f} {imports:>10.2f}  "
+              f"{'yes' if r.within_target else 'NO'}")
+    print(f"median s: wall clock; CPU s: median user+system time; peak GiB: whole process (max over runs; budget "
+          f"{TARGET_PEAK_BYTES / 2**30:g}); build GiB: peak above the resident memory just before the build; "
+          "imports: one-off library imports, not timed")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed and memory benchmarks on this machine")
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for add in (_add_bench_embeddings, _add_bench_train, _add_bench_head):
+        add(bench_sub)

@@ -1,0 +1,57 @@
+"""Flag types and flags shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def count(text: str) -> int:
+    """Token counts: 500000, 500k, 2M, 1.5e6."""
+    scale = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count like 500000, 500k or 2M") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return int(value)
+
+
+def duration(text: str) -> float:
+    """Durations in seconds: 90, 90s, 10m, 1.5h."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower())
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 2h") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def add_corpus_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that select a prepared corpus; shared by every command that reads one."""
+    p.add_argument("--data-dir", help="directory holding train/valid/test text (overrides lookup)")
+    p.add_argument("--tokenizer", default="word", help="word (default) or spm (sentencepiece)")
+    p.add_argument("--vocab-size", type=positive_int, help="sentencepiece vocabulary size")
+    p.add_argument("--spm-type", default="unigram", help="sentencepiece model: unigram or bpe")
+    p.add_argument("--no-verify", action="store_true", help="accept a checksum mismatch (warns)")
+
+
+def corpus_from_args(args: argparse.Namespace, corpus: str, force: bool = False):
+    """Load the prepared corpus the flags describe (preparing it if needed)."""
+    from lmfix.data.corpus import prepare
+    from lmfix.data.tokenizers import TokenizerConfig
+
+    tok = TokenizerConfig(args.tokenizer, args.vocab_size, args.spm_type)
+    return prepare(corpus, data_dir=args.data_dir, tokenizer=tok, verify=not args.no_verify, force=force)

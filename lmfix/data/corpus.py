@@ -1,0 +1,209 @@
+"""The corpus stage: find the text, verify it, tokenize it once, cache the ids.
+
+``load("wikitext-2")`` returns the vocabulary and one int64 id tensor per split;
+the first call prepares and caches (a few seconds), later calls read the cache
+(well under a second). Known corpora are described by manifests in ``corpora/``;
+any directory with train/valid/test text works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmfix import __version__, atomic
+from lmfix.data.sources import (
+    SPLITS,
+    Manifest,
+    cache_root,
+    file_checksums,
+    load_manifest,
+    read_text,
+    resolve,
+    verify_split,
+)
+from lmfix.data.tokenizers import TokenizerConfig, make_tokenizer, train_sentencepiece
+from lmfix.data.vocab import UNK, Vocab
+from lmfix.errors import CorpusError
+
+META = "meta.json"
+
+
+# --------------------------------------------------------------------------- prepared corpus
+
+
+@dataclass
+class Corpus:
+    """A prepared corpus: vocabulary plus one int64 id array per split.
+
+    ``train``/``valid``/``test`` are torch tensors sharing memory with ``ids``;
+    torch is imported only when they are used, so ``lmfix prepare`` starts fast.
+    """
+
+    name: str
+    vocab: Vocab
+    ids: dict[str, np.ndarray]
+    tokenizer: TokenizerConfig
+    path: Path
+    stats: dict
+
+    def split(self, name: str):
+        """The ids of split ``name`` as an int64 torch tensor."""
+        if name not in SPLITS:
+            raise CorpusError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        import torch
+
+        return torch.from_numpy(self.ids[name])
+
+    @property
+    def train(self):
+        return self.split("train")
+
+    @property
+    def valid(self):
+        return self.split("valid")
+
+    @property
+    def test(self):
+        return self.split("test")
+
+    def lines(self, split: str = "train") -> list[list[str]]:
+        """The split as token lines (each ends in ``<eos>``), e.g. for word2vec."""
+        ids = self.ids[split]
+        ends = np.flatnonzero(ids == self.vocab.eos_id) + 1
+        itos = self.vocab.itos
+        return [[itos[i] for i in chunk] for chunk in np.split(ids, ends) if len(chunk)]
+
+
+def _source_stamp(files: dict[str, Path]) -> dict:
+    stamps = {}
+    for split, path in files.items():
+        st = path.stat()
+        stamps[split] = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return stamps
+
+
+def prepared_dir(name: str, files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig) -> Path:
+    if manifest is None:  # a user directory: key the cache by its absolute path
+        digest = hashlib.sha256(str(files["train"].parent.resolve()).encode()).hexdigest()[:10]
+        name = f"{name}-{digest}"
+    return cache_root() / name / "prepared" / tok.key
+
+
+def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig, out: Path, verify: bool) -> dict:
+    texts: dict[str, list[str]] = {}
+    for split, path in files.items():
+        text = read_text(path)
+        verify_split(split, path, text, manifest.splits[split] if manifest else None, verify)
+        lines = text.splitlines()
+        if not any(line.strip() for line in lines):
+            raise CorpusError(f"the {split} split {path} is empty; it needs at least one line of text")
+        texts[split] = lines
+    if tok.kind == "spm":
+        train_sentencepiece(tok, files["train"], out)
+    tokenizer = make_tokenizer(tok, out)
+    tokens = {s: tokenizer.tokenize(lines) for s, lines in texts.items()}
+    vocab = Vocab.from_tokens((w for line in tokens["train"] for w in line), tokenizer.extra_types())
+    oov = {s: sum(w not in vocab.stoi for line in tokens[s] for w in line) for s in SPLITS}
+    if (oov["valid"] or oov["test"]) and vocab.unk_id is None:
+        vocab = Vocab.from_tokens((w for line in tokens["train"] for w in line), [*tokenizer.extra_types(), UNK])
+    vocab.save(out / "vocab.txt")
+    unk = vocab.unk_id if vocab.unk_id is not None else -1
+    stats = {"tokens": {}, "lines": {}, "oov": oov}
+    for split in SPLITS:
+        ids = np.fromiter(
+            (vocab.stoi.get(w, unk) for line in tokens[split] for w in line), dtype=np.int32
+        )
+        np.save(out / f"{split}.npy", ids)
+        stats["tokens"][split] = int(ids.size)
+        stats["lines"][split] = len(tokens[split])
+    stats["vocab_size"] = len(vocab)
+    return stats
+
+
+def prepare(
+    corpus: str = "wikitext-2",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tokenizer: TokenizerConfig | None = None,
+    verify: bool = True,
+    force: bool = False,
+) -> Corpus:
+    """Resolve, verify, tokenize and cache ``corpus``; reuse the cache when it is current."""
+    tok = tokenizer or TokenizerConfig()
+    try:
+        name, files, manifest = resolve(corpus, data_dir)
+    except CorpusError:
+        # The text is gone but a known corpus was prepared before: its ids are enough.
+        cached_dir = cache_root() / corpus / "prepared" / tok.key
+        if load_manifest(corpus) is None or force or not (cached_dir / META).is_file():
+            raise
+        warnings.warn(f"source text of {corpus} not found; using the prepared cache {cached_dir}", stacklevel=2)
+        prepared = _load_prepared(corpus, cached_dir, tok)
+        prepared.stats["from_cache"] = True
+        return prepared
+    out = prepared_dir(name, files, manifest, tok)
+    stamp = _source_stamp(files)
+    meta_path = out / META
+    cached = False
+    if not force and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            cached = meta.get("sources") == stamp and meta.get("tokenizer") == asdict(tok)
+        except (OSError, json.JSONDecodeError):
+            cached = False
+    if not cached:
+        t0 = time.perf_counter()
+        with atomic.atomic_dir(out) as tmp:
+            stats = _encode(files, manifest, tok, tmp, verify)
+            meta = {
+                "name": name,
+                "tokenizer": asdict(tok),
+                "sources": stamp,
+                "stats": stats,
+                "lmfix_version": __version__,
+                "prepare_seconds": round(time.perf_counter() - t0, 3),
+            }
+            atomic.write_text(tmp / META, json.dumps(meta, indent=2))
+    corpus_obj = _load_prepared(name, out, tok)
+    corpus_obj.stats["from_cache"] = cached
+    return corpus_obj
+
+
+def _load_prepared(name: str, out: Path, tok: TokenizerConfig) -> Corpus:
+    try:
+        meta = json.loads((out / META).read_text())
+        arrays = {s: np.load(out / f"{s}.npy").astype(np.int64) for s in SPLITS}
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"prepared corpus {out} is unreadable ({exc}); rerun with --force") from exc
+    vocab = Vocab.load(out / "vocab.txt")
+    stats = dict(meta["stats"], vocab_fingerprint=vocab.fingerprint)
+    return Corpus(name, vocab, arrays, tok, out, stats)
+
+
+def load(corpus: str = "wikitext-2", **kwargs) -> Corpus:
+    """The library entry point: a prepared corpus (prepared first if needed)."""
+    return prepare(corpus, **kwargs)
+
+
+def manifest_toml(files: dict[str, Path]) -> str:
+    """The ``[splits.*]`` block of a manifest for verified copies of ``files``."""
+    blocks = []
+    for split in SPLITS:
+        path = files[split]
+        text = read_text(path)
+        sha, tok_sha = file_checksums(text, path.read_bytes())
+        lines = text.splitlines()
+        tokens = sum(len(line.split()) + 1 for line in lines)
+        blocks.append(
+            f'[splits.{split}]\nfiles = ["{path.name}"]\nsha256 = "{sha}"\n'
+            f'tokens_sha256 = "{tok_sha}"\nlines = {len(lines)}\ntokens = {tokens}\n'
+        )
+    return "\n".join(blocks)

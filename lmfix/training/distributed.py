@@ -1,0 +1,147 @@
+"""Processes and devices: the device a run uses and the process group ``torchrun`` describes.
+
+Under ``torchrun`` (gloo on CPU, nccl on GPU) rank 0 alone writes files and
+makes decisions that touch the disk; the others wait for it (``rank0_first``)
+or take its verdict (``rank0_verdict``), so no rank races another at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lmfix.errors import LmfixError
+from lmfix.training.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto)")
+    return device
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device, bool]:
+    """Join the process group ``torchrun`` describes (gloo on CPU, nccl on GPU); True if we created it."""
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device, created
+
+
+def rank0_first(ddp: Dist, make):
+    """Run ``make`` on rank 0 first (it may write caches), then on the others."""
+    if not ddp.main:
+        ddp.barrier()
+    value = make()
+    if ddp.main:
+        ddp.barrier()
+    return value
+
+
+def rank0_verdict(ddp: Dist, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only and raise its error on every rank.
+
+    Checks that create files (the new run directory) must not run on every
+    rank: one rank's files would make another's check refuse at random.
+    """
+    refusal: LmfixError | None = None
+    if ddp.main:
+        try:
+            check()
+        except LmfixError as exc:
+            refusal = exc
+    if ddp.active:
+        verdict = [None if refusal is None else (type(refusal), str(refusal))]
+        dist.broadcast_object_list(verdict, 0)
+        if verdict[0] is not None and refusal is None:
+            kind, message = verdict[0]
+            refusal = kind(message)
+    if refusal is not None:
+        raise refusal
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, count_bytes: Callable[[int], None]):
+    """DDP over the trainable parameters only (buffers such as E are ignored: never broadcast or
+    synchronized), calling ``count_bytes`` with the size of each all-reduce."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, _ in model.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    ids = [device.index] if device.type == "cuda" else None
+    net = DistributedDataParallel(model, device_ids=ids)
+
+    def counting_allreduce(state, bucket):
+        count_bytes(bucket.buffer().numel() * bucket.buffer().element_size())
+        return allreduce_hook(state, bucket)
+
+    net.register_comm_hook(None, counting_allreduce)
+    return net
+
+
+class StopSignals:
+    """While entered, Ctrl-C (SIGINT) or SIGTERM sets ``requested``: the loop finishes its step and stops.
+
+    Single process (``repeat_raises``): a second Ctrl-C stops at once. Under torchrun each
+    worker gets Ctrl-C twice (from the terminal and forwarded by torchrun), so there a
+    repeat only keeps the request; torchrun's own timeout is the hard stop. Handlers can
+    only be installed from the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self, repeat_raises: bool) -> None:
+        self.repeat_raises = repeat_raises
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT and self.repeat_raises:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
