@@ -19,7 +19,17 @@ def test_bench_rows_and_table(monkeypatch):
         assert row["median_s"] > 0 and row["matrix_mb"] == 0
         assert row["largest_tensor_mb"] < dense["matrix_mb"]
     table = format_head_table(results)
-    assert table.count("\n") == 5 and "| distinct | 2000 | 32 | 64 |" in table and "load avg" in table
+    assert table.count("\n") == 5 and "| distinct | fp32 | 2000 | 32 | 64 |" in table and "load avg" in table
+
+
+def test_bench_times_each_head_in_each_precision_and_bf16_halves_the_matrix():
+    results = run_head_bench(vocab=2000, dim=32, tokens=64, repeats=1, layouts=("dense", "dense-fused", "distinct"),
+                             precisions=("fp32", "bf16"))
+    assert [(r["head"], r["precision"]) for r in results] == [
+        (h, p) for p in ("fp32", "bf16") for h in ("dense", "dense-fused", "distinct")]
+    fp32, bf16 = results[:3], results[3:]
+    assert bf16[0]["matrix_mb"] == fp32[0]["matrix_mb"] / 2 == bf16[1]["matrix_mb"]
+    assert bf16[0]["speedup_vs_dense"] == 1.0  # compared with the dense head of its own precision
 
 
 def test_bench_skips_a_dense_matrix_that_does_not_fit():

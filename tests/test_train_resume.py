@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lmfix.cli import main
 from lmfix.training import checkpoint
 from lmfix.training.trainer import train
@@ -30,8 +32,9 @@ train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=slow
 """
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path, tmp_path: Path, capsys):
-    config = tiny_config(tiny_corpus_dir, **HARD)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path, tmp_path: Path, capsys, precision):
+    config = tiny_config(tiny_corpus_dir, **HARD, precision=precision)
     reference = train(config, tmp_path / "reference")
 
     run = tmp_path / "killed"
@@ -62,6 +65,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path,
     for (_, _, a), (_, _, b) in zip(curve(run), curve(tmp_path / "reference"), strict=True):
         assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-6 * b)
     assert checkpoint.load(run / checkpoint.LAST)["optimizer_kind"] == "averaged"
+    assert resumed["precision"] == precision
 
 
 def test_ctrl_c_checkpoints_the_current_step_then_resume_continues(tiny_corpus_dir: Path, tmp_path: Path, capsys):

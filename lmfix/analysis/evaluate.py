@@ -14,6 +14,7 @@ from pathlib import Path
 from lmfix.data.batching import batchify_split
 from lmfix.data.corpus import SPLITS, Corpus
 from lmfix.model.lstm import LanguageModel
+from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import resolve_device
@@ -21,19 +22,25 @@ from lmfix.training.setup import build_model, load_corpus
 from lmfix.training.trainer import corpus_loss
 
 
-def load_trained(run_dir: Path, device: str = "auto") -> tuple[LanguageModel, TrainConfig, Corpus, dict]:
-    """The best weights of a run, on ``device``, with its config, corpus and checkpoint metadata."""
+def load_trained(
+    run_dir: Path, device: str = "auto", precision: str | None = None
+) -> tuple[LanguageModel, TrainConfig, Corpus, dict]:
+    """The best weights of a run, on ``device`` in ``precision`` (default: the run's own), with its config,
+    corpus and checkpoint metadata."""
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir)
     best = checkpoint.load(run_dir / checkpoint.BEST)
     corpus = load_corpus(config)
     model, _ = build_model(config, corpus, expected=best.get("embedding"))
     model.load_state_dict(best["model"])
-    return model.to(resolve_device(device)).eval(), config, corpus, best
+    where = resolve_device(device)
+    model.to(where).set_precision(DTYPES[resolve_precision(precision or config.precision, where)])
+    return model.eval(), config, corpus, best
 
 
 def evaluate_run(
-    run_dir: Path, split: str = "test", batch_size: int | None = None, device: str = "auto"
+    run_dir: Path, split: str = "test", batch_size: int | None = None, device: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """Perplexity of the best checkpoint on ``split``; merged into ``eval.json`` and returned.
 
@@ -42,7 +49,7 @@ def evaluate_run(
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    model, config, corpus, best = load_trained(run_dir, device)
+    model, config, corpus, best = load_trained(run_dir, device, precision)
     if batch_size is None:
         batch_size = 1 if split == "test" else config.eval_batch_size
     data = batchify_split(corpus.split(split), batch_size, split).to(model.head.bias.device)
@@ -61,6 +68,7 @@ def evaluate_run(
         "checkpoint": checkpoint.BEST,
         "step": best["step"],
         "device": str(data.device),
+        "precision": "fp32" if model.autocast is None else "bf16",
     }
     path = Path(run_dir) / checkpoint.EVAL
     results = checkpoint.read_json(path) or {}

@@ -14,7 +14,7 @@ from lmfix.training.config import ConfigError
 @torch.no_grad()
 def generate(
     run_dir: Path, words: int = 100, temperature: float = 1.0, seed: int | None = None, prompt: str = "",
-    device: str = "auto",
+    device: str = "auto", precision: str | None = None,
 ) -> str:
     """``words`` tokens sampled at ``temperature`` after ``prompt`` (default: a sentence start).
 
@@ -22,7 +22,7 @@ def generate(
     """
     if temperature <= 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
-    model, config, corpus, _ = load_trained(run_dir, device)
+    model, config, corpus, _ = load_trained(run_dir, device, precision)
     vocab = corpus.vocab
     tokens = prompt.split() or [EOS]
     unknown = [w for w in tokens if w not in vocab.stoi]

@@ -11,6 +11,12 @@ bytes the head allocates beyond its inputs (gradients included; the dense
 matrix is an input, reported apart as ``matrix_mb``) and its largest tensor.
 Timings are only comparable within a run on an otherwise idle machine: the
 1-minute load average is recorded with each row.
+
+Each head runs in each of ``precisions``: in bf16 the dense matrix is stored in
+bf16 (``dense``: F.linear in bf16, the loss on float32 logits, i.e. plain AMP;
+``dense-fused``: bf16 operands, float32 softmax and gradients); the Hadamard
+heads compute in float32 in every precision (their sums would lose bits in bf16).
+Speed-ups compare with the dense head of the same precision.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from lmfix.bench.memtrack import AllocationTracker
 from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
 from lmfix.ops.hadamard_loss import hadamard_cross_entropy
+from lmfix.ops.precision import DTYPES
 
 DENSE_HEADS = ("dense", "dense-fused")
 HEADS = (*DENSE_HEADS, *LAYOUTS)
@@ -61,10 +68,14 @@ class HeadBatch:
 
 
 def _dense_loss(matrix: torch.Tensor, fused: bool) -> Callable[[HeadBatch], torch.Tensor]:
+    """The frozen ``matrix``'s loss; in its dtype (bf16: half the bytes) for the products."""
+    low = matrix.dtype
+
     def loss(inputs: HeadBatch) -> torch.Tensor:
         if fused:
-            return dense_cross_entropy(inputs.x, inputs.target, matrix, inputs.bias, inputs.alpha)
-        return F.cross_entropy(F.linear(inputs.x * inputs.alpha, matrix, inputs.bias), inputs.target)
+            return dense_cross_entropy(inputs.x, inputs.target, matrix, inputs.bias, inputs.alpha, operands=low)
+        logits = F.linear((inputs.x * inputs.alpha).to(low), matrix, inputs.bias.to(low))
+        return F.cross_entropy(logits.float(), inputs.target)
 
     return loss
 
@@ -108,6 +119,7 @@ def run_head_bench(
     layouts: Sequence[str] = HEADS,
     seed: int = 0,
     max_matrix_gb: float = 4.0,
+    precisions: Sequence[str] = ("fp32",),
 ) -> list[dict]:
     """Time and memory of each head in ``layouts`` (names from ``HEADS``), on CPU.
 
@@ -118,34 +130,43 @@ def run_head_bench(
     unknown = [name for name in layouts if name not in HEADS]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEADS)}")
+    unknown = [p for p in precisions if p not in DTYPES]
+    if unknown:
+        raise ValueError(f"unknown precision {unknown[0]!r}; choose from {', '.join(DTYPES)}")
     inputs = HeadBatch.random(vocab, dim, tokens, seed)
     results = []
-    for name in layouts:
-        row = {"head": name, "vocab": vocab, "dim": dim, "tokens": tokens, "matrix_mb": 0.0}
-        if name in DENSE_HEADS:
-            matrix_bytes = vocab * dim * 4
-            if matrix_bytes > max_matrix_gb * 2**30:
-                row["skipped"] = f"V x d matrix needs {matrix_bytes / 2**30:.1f} GiB > max_matrix_gb={max_matrix_gb}"
-                results.append(row)
-                continue
-            matrix = _random_sign_matrix(vocab, dim, seed)
-            row["matrix_mb"] = matrix_bytes / _MB
-            row.update(_measure(inputs, _dense_loss(matrix, fused=name == "dense-fused"), repeats))
-            del matrix
-        else:
-            layout = make_layout(vocab, dim, name, seed)
-            row["distinct_rows"] = layout.distinct_rows()
-            row.update(_measure(inputs, _hadamard_loss(layout), repeats))
-        results.append(row)
-    _compare_with_dense(results)
+    for precision in precisions:
+        dtype = DTYPES[precision]
+        rows = []
+        for name in layouts:
+            row = {"head": name, "precision": precision, "vocab": vocab, "dim": dim, "tokens": tokens,
+                   "matrix_mb": 0.0}
+            if name in DENSE_HEADS:
+                matrix_bytes = vocab * dim * torch.finfo(dtype).bits // 8
+                if matrix_bytes > max_matrix_gb * 2**30:
+                    row["skipped"] = (f"V x d matrix needs {matrix_bytes / 2**30:.1f} GiB > "
+                                      f"max_matrix_gb={max_matrix_gb}")
+                    rows.append(row)
+                    continue
+                matrix = _random_sign_matrix(vocab, dim, seed).to(dtype)
+                row["matrix_mb"] = matrix.numel() * matrix.element_size() / _MB  # measured: bf16 halves it
+                row.update(_measure(inputs, _dense_loss(matrix, fused=name == "dense-fused"), repeats))
+                del matrix
+            else:
+                layout = make_layout(vocab, dim, name, seed)
+                row["distinct_rows"] = layout.distinct_rows()
+                row.update(_measure(inputs, _hadamard_loss(layout), repeats))
+            rows.append(row)
+        _compare_with_dense(rows)
+        results += rows
     return results
 
 
-def _compare_with_dense(results: list[dict]) -> None:
-    dense = next((r for r in results if r["head"] == "dense" and "median_s" in r), None)
+def _compare_with_dense(rows: list[dict]) -> None:
+    dense = next((r for r in rows if r["head"] == "dense" and "median_s" in r), None)
     if dense is None:
         return
-    for row in results:
+    for row in rows:
         if "median_s" in row:
             row["speedup_vs_dense"] = dense["median_s"] / row["median_s"]
             row["mem_vs_dense"] = row["peak_extra_mb"] / dense["peak_extra_mb"]
@@ -153,6 +174,7 @@ def _compare_with_dense(results: list[dict]) -> None:
 
 _COLUMNS = (
     ("head", "head", "{}"),
+    ("precision", "precision", "{}"),
     ("vocab", "V", "{}"),
     ("dim", "d", "{}"),
     ("tokens", "tokens", "{}"),
@@ -176,6 +198,6 @@ def format_head_table(results: list[dict]) -> str:
     for row in results:
         cells = [fmt.format(row[key]) if key in row else "-" for key, _, fmt in _COLUMNS]
         if "skipped" in row:
-            cells[4] = f"skipped: {row['skipped']}"
+            cells[5] = f"skipped: {row['skipped']}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

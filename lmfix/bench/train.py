@@ -22,6 +22,7 @@ from torch import nn
 
 from lmfix.data.batching import BPTTStream, batchify
 from lmfix.ops import gemm
+from lmfix.ops.precision import resolve_precision
 from lmfix.training.config import TrainConfig
 from lmfix.training.distributed import Dist
 from lmfix.training.trainer import Trainer
@@ -41,6 +42,7 @@ class BenchTrainConfig:
     steps: int = 4  # timed steps per variant per round
     warmup: int = 2
     variants: tuple[str, ...] = VARIANTS
+    precisions: tuple[str, ...] = ("fp32",)  # each variant is timed in each (fp32, bf16)
     gemm: str | None = None  # backend of lmfix's dense heads ($LMFIX_GEMM when None); plain always uses F.linear
 
 
@@ -65,7 +67,8 @@ def _windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torc
         yield from stream
 
 
-def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int) -> Callable[[], None]:
+def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int, precision: str) -> Callable[[], None]:
+    """pytorch/examples' step; in bf16 the forward and loss run under ``torch.autocast`` (plain AMP)."""
     model = PlainLSTM(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers)
     optimizer = torch.optim.SGD(model.parameters(), lr=20.0)
     windows = _windows(data, cfg.bptt)
@@ -76,8 +79,9 @@ def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int) -
         hidden = state["hidden"]
         if hidden is not None:
             hidden = tuple(h.detach() for h in hidden)
-        logits, state["hidden"] = model(x, hidden)
-        loss = F.cross_entropy(logits.view(-1, vocab_size), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits, state["hidden"] = model(x, hidden)
+            loss = F.cross_entropy(logits.view(-1, vocab_size), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
@@ -86,10 +90,11 @@ def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int) -
     return step
 
 
-def _lmfix_stepper(cfg: BenchTrainConfig, embed: str, run_dir: Path) -> Callable[[], None]:
+def _lmfix_stepper(cfg: BenchTrainConfig, embed: str, run_dir: Path, precision: str) -> Callable[[], None]:
     config = TrainConfig(
         corpus=cfg.corpus, embed=embed, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
         dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt, device="cpu",
+        precision=precision,
     )
     trainer = Trainer(config, run_dir, Dist(), torch.device("cpu"), lambda event: None)
     trainer.hidden = trainer.model.init_hidden(cfg.batch_size)
@@ -105,6 +110,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
 
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
+    precisions = tuple(dict.fromkeys(resolve_precision(p, torch.device("cpu")) for p in cfg.precisions))
     from lmfix.training.setup import load_corpus
 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
@@ -113,11 +119,14 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(backend):
         steppers = {}
         for name in cfg.variants:
-            progress(f"building {name}")
-            if name == "plain":
-                steppers[name] = _plain_stepper(cfg, batchify(corpus.train, cfg.batch_size), vocab_size)
-            else:
-                steppers[name] = _lmfix_stepper(cfg, name, Path(tmp))
+            for precision in precisions:
+                key = name if precision == "fp32" else f"{name} {precision}"
+                progress(f"building {key}")
+                if name == "plain":
+                    data = batchify(corpus.train, cfg.batch_size)
+                    steppers[key] = _plain_stepper(cfg, data, vocab_size, precision)
+                else:
+                    steppers[key] = _lmfix_stepper(cfg, name, Path(tmp), precision)
         for step in steppers.values():
             for _ in range(cfg.warmup):
                 step()
@@ -138,11 +147,14 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     }
     speed = {name: r["median_tok_s"] for name, r in results.items()}
     ratios = {}
-    if "learned" in speed and "plain" in speed:
-        ratios["learned / plain"] = speed["learned"] / speed["plain"]
-    for fixed in ("orthogonal", "hadamard"):
-        if fixed in speed and "learned" in speed:
-            ratios[f"{fixed} / learned"] = speed[fixed] / speed["learned"]
+    for suffix in ["" if p == "fp32" else f" {p}" for p in precisions]:
+        pairs = [("learned", "plain")] + [(fixed, "learned") for fixed in ("orthogonal", "hadamard")]
+        for fast, base in pairs:
+            if fast + suffix in speed and base + suffix in speed:
+                ratios[f"{fast}{suffix} / {base}{suffix}"] = speed[fast + suffix] / speed[base + suffix]
+    for name in cfg.variants:
+        for precision in precisions[1:] if precisions[0] == "fp32" else ():
+            ratios[f"{name} {precision} / {name} fp32"] = speed[f"{name} {precision}"] / speed[name]
     return {
         "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import positive_int
+from lmfix.cli.common import add_device_flags, positive_int
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int,
                    help="default 1 for test (as AWD-LSTM: each token sees its whole history), the run's "
                    "--eval-batch-size for valid")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -22,9 +22,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from lmfix.analysis.evaluate import evaluate_run
 
     for run in args.runs:
-        r = evaluate_run(run, args.split, args.batch_size, args.device)
+        r = evaluate_run(run, args.split, args.batch_size, args.device, args.precision)
         print(f"{run}: {r['split']} ppl {r['ppl']:.2f} (loss {r['loss']:.4f}, {r['tokens']:,} tokens, batch size "
-              f"{r['batch_size']}, bptt {r['bptt']}, {r['tokens_per_second']:,.0f} tok/s, step {r['step']:,})")
+              f"{r['batch_size']}, bptt {r['bptt']}, {r['precision']}, {r['tokens_per_second']:,.0f} tok/s, "
+              f"step {r['step']:,})")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -52,14 +53,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: 1.0)")
     p.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
     p.add_argument("--prompt", default="", help="text to continue, in the corpus's tokens")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device_flags(p)
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from lmfix.analysis.generate import generate
 
-    print(generate(args.run, args.words, args.temperature, args.seed, args.prompt, args.device))
+    print(generate(args.run, args.words, args.temperature, args.seed, args.prompt, args.device, args.precision))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,15 +22,21 @@ def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layouts", default="dense,dense-fused,distinct,truncated",
                    help="comma-separated heads; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss")
     p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
+    p.add_argument("--precision", default="fp32,bf16",
+                   help="comma-separated precisions, each head timed in each (default: fp32,bf16)")
     p.set_defaults(func=cmd_bench_head)
 
 
 def cmd_bench_head(args: argparse.Namespace) -> None:
-    from lmfix.bench.head import format_head_table, run_head_bench
+    import torch
 
+    from lmfix.bench.head import format_head_table, run_head_bench
+    from lmfix.ops.precision import resolve_precision
+
+    precisions = [resolve_precision(p, torch.device("cpu")) for p in args.precision.split(",")]
     try:
         results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, args.layouts.split(","),
-                                 max_matrix_gb=args.max_matrix_gb)
+                                 max_matrix_gb=args.max_matrix_gb, precisions=list(dict.fromkeys(precisions)))
     except ValueError as exc:  # unknown head names, sizes a layout cannot serve
         raise LmfixError(str(exc)) from exc
     print(format_head_table(results))
@@ -46,6 +52,8 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
     for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
         p.add_argument("--" + name.replace("_", "-"), type=positive_int)
     p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated precisions to time each variant in: fp32, bf16, auto (default: fp32)")
     p.add_argument("--gemm", help="GEMM backend of lmfix's dense heads: auto, onednn or torch (default $LMFIX_GEMM "
                    "or auto); plain always uses F.linear")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -62,14 +70,14 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.variants:
         given["variants"] = tuple(args.variants.split(","))
-    cfg = BenchTrainConfig(**given)
+    cfg = BenchTrainConfig(**given, precisions=tuple(args.precision.split(",")))
     result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
     print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
           f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}, "
           f"lmfix GEMM {result['gemm']}")
-    print(f"{'variant':<12} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
+    print(f"{'variant':<16} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
     for name, r in result["variants"].items():
-        print(f"{name:<12} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
+        print(f"{name:<16} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
               f"{r['max_step_ms']:>8,.1f} {r['steps']:>6}")
     for name, ratio in result["ratios"].items():
         print(f"{name}: {ratio:.2f}x")

@@ -55,3 +55,10 @@ def corpus_from_args(args: argparse.Namespace, corpus: str, force: bool = False)
 
     tok = TokenizerConfig(args.tokenizer, args.vocab_size, args.spm_type)
     return prepare(corpus, data_dir=args.data_dir, tokenizer=tok, verify=not args.no_verify, force=force)
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """--device and --precision for commands that load a trained run (default precision: the run's)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                   help="fp32, bf16 or auto (default: the precision the run was trained in)")

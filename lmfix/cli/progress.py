@@ -48,7 +48,8 @@ def run_header(info: dict) -> list[str]:
     emb = info["embedding"]
     source = f", fixed E from artifact {emb['id']} ({emb['method']})" if emb else ""
     lines = [
-        f"device {info['device']}, {info['world_size']} process(es), vocabulary {info['vocab_size']:,}, "
+        f"device {info['device']} ({info['precision']}), {info['world_size']} process(es), "
+        f"vocabulary {info['vocab_size']:,}, "
         f"{info['tokens_per_epoch']:,} tokens/epoch{source}"
         + (" (resumed)" if info["resumed"] else ""),
         f"parameters: trainable {c.trainable:,} | fixed {c.fixed:,} | generated {c.generated:,} | "

@@ -65,6 +65,11 @@ class Head(nn.Module):
 
     vocab_size: int
     dim: int
+    # dtype of the head's GEMM operands (see ``lmfix.ops.precision``); losses and gradients stay float32
+    operands: torch.dtype = torch.float32
+
+    def use_operands(self, dtype: torch.dtype) -> None:
+        self.operands = dtype
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(...) ids -> (..., d) input vectors."""
@@ -103,10 +108,14 @@ class LearnedHead(Head):
     def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
             return super().loss(x, target, reduction)
-        return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction)
+        return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction,
+                                   operands=self.operands)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.classifier(), self.bias)
+        w = self.classifier()
+        if self.operands == w.dtype:
+            return linear(x, w, self.bias)
+        return linear(x.to(self.operands), w.to(self.operands)).float() + self.bias
 
 
 class ScaledHead(Head):
@@ -132,6 +141,11 @@ class DenseFixedHead(ScaledHead):
         self.register_buffer("weight", matrix.detach().float().contiguous(), persistent=False)
         self._packed: tuple[tuple, tuple[torch.Tensor, torch.Tensor] | None] = ((), None)
 
+    def use_operands(self, dtype: torch.dtype) -> None:
+        """E is never updated, so it is stored once in the operand dtype (bf16: half the memory)."""
+        super().use_operands(dtype)
+        self.weight = self.weight.to(dtype)
+
     def packed(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """E and E^T packed for the GEMM backend, once (E never changes); None where packing does not apply."""
         key = (self.weight.data_ptr(), self.weight.device, gemm.backend())
@@ -148,14 +162,19 @@ class DenseFixedHead(ScaledHead):
         if reduction == "none":
             return super().loss(x, target, reduction)
         packed = self.packed(target.numel())
-        return dense_cross_entropy(self.unit(x), target, self.weight, self.bias, self.alpha, reduction, packed)
+        return dense_cross_entropy(self.unit(x), target, self.weight, self.bias, self.alpha, reduction, packed,
+                                   self.operands)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * linear(self.unit(x), self.weight) + self.bias
+        return self.alpha * linear(self.unit(x).to(self.operands), self.weight).float() + self.bias
 
 
 class HadamardHead(ScaledHead):
-    """E generated from a Hadamard layout: rows by popcount parity, logits by the fast transform."""
+    """E generated from a Hadamard layout: rows by popcount parity, logits by the fast transform.
+
+    The transform sums d terms per logit, so it runs in float32 in every precision (its
+    entries are exact in any dtype; the rounding would be in the sums).
+    """
 
     def __init__(self, layout: HadamardLayout, alpha: float = 1.0, learn_alpha: bool = True, normalize: bool = True):
         super().__init__(layout.vocab_size, layout.dim, alpha, learn_alpha, normalize)

@@ -8,6 +8,10 @@ et al. 2017 (AWD-LSTM), each off when its probability is zero:
 * ``dropouti`` / ``dropouth`` / ``dropout``: locked (variational) dropout on the
   LSTM input, between layers, and on the output;
 * ``wdrop``: DropConnect on the hidden-to-hidden weights of every layer.
+
+In bf16 (``set_precision``) the body runs under ``torch.autocast`` (bf16 LSTM
+products, float32 weights); its output and the carried state are float32
+again before the head, which chooses its own operand dtype.
 """
 
 from __future__ import annotations
@@ -68,15 +72,28 @@ class LanguageModel(nn.Module):
         if head.dim != config.emsize:
             raise ValueError(f"head dim {head.dim} != emsize {config.emsize}")
         self.head, self.config = head, config
+        self.autocast: torch.dtype | None = None  # bf16 runs: the body's autocast dtype
         sizes = [config.emsize] + [config.nhid] * (config.nlayers - 1) + [config.emsize]
         self.layers = nn.ModuleList(LSTMLayer(i, o, config.wdrop) for i, o in pairwise(sizes))
+
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """float32, or bfloat16 operands in the body (autocast) and the head's products."""
+        self.autocast = None if dtype == torch.float32 else dtype
+        self.head.use_operands(dtype)
 
     def init_hidden(self, batch_size: int) -> Hidden:
         ref = self.head.bias
         return [(ref.new_zeros(1, batch_size, layer.lstm.hidden_size),) * 2 for layer in self.layers]
 
     def features(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """ids (T, B) -> top-layer outputs (T, B, emsize) after output dropout, and the new state."""
+        """ids (T, B) -> top-layer outputs (T, B, emsize) after output dropout, and the new state (float32)."""
+        if self.autocast is None:
+            return self._features(ids, hidden)
+        with torch.autocast(ids.device.type, dtype=self.autocast):
+            x, hidden = self._features(ids, hidden)
+        return x.float(), [(h.float(), c.float()) for h, c in hidden]
+
+    def _features(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         cfg = self.config
         x = self.head.embed(ids)
         if self.training and cfg.dropoute > 0:

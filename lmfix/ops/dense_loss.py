@@ -11,6 +11,12 @@ chunk, for either head.
 Gradients are computed in the forward pass from the same chunk (the backward
 only scales them), so the logits are never recomputed. Under ``no_grad``
 (evaluation) only the loss is computed.
+
+With ``operands=torch.bfloat16`` the three products take bf16 operands (x, W and
+G rounded once per chunk; float32 accumulation inside the GEMM) while the
+bias, log-sum-exp, softmax, loss and every returned gradient stay float32. A
+frozen W can be passed already in bf16 (stored once, half the memory); a
+learned float32 W is rounded once per call.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from lmfix.ops.gemm import linear, uses_onednn
 # Logits of one chunk (32 MiB in float32): ~250 tokens at V = 33k, enough for
 # efficient GEMMs; measured as fast as unchunked at V=33278, d=512.
 _CHUNK_ELEMENTS = 1 << 23
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def dense_cross_entropy(
@@ -32,15 +39,19 @@ def dense_cross_entropy(
     scale: torch.Tensor | None = None,
     reduction: str = "mean",
     packed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    operands: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Mean or summed cross entropy of ``scale * x @ weight.T + bias`` against ``target`` (N,).
 
     ``packed``: ``weight`` and ``weight.T`` from ``gemm.pack`` (a frozen weight only) for the two products.
+    ``operands``: dtype of the GEMM operands (float32, or bfloat16 with float32 softmax and gradients).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"dense_cross_entropy: reduction {reduction!r} is not 'mean' or 'sum'")
+    if operands not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dense_cross_entropy: operands must be float32 or bfloat16, got {operands}")
     norm = 1.0 / target.numel() if reduction == "mean" else 1.0
-    return _DenseCrossEntropy.apply(x, scale, bias, weight, target, norm, torch.is_grad_enabled(), packed)
+    return _DenseCrossEntropy.apply(x, scale, bias, weight, target, norm, torch.is_grad_enabled(), packed, operands)
 
 
 def chunk_rows(tokens: int, vocab_size: int) -> int:
@@ -54,40 +65,65 @@ class _DenseCrossEntropy(torch.autograd.Function):
     """Loss (times ``norm``) in the forward; the gradients of x, scale, bias and a learned W with it."""
 
     @staticmethod
-    def forward(ctx, x, scale, bias, weight, target, norm, grads, packed):
+    def forward(ctx, x, scale, bias, weight, target, norm, grads, packed, operands):
         needs = [grads and need for need in ctx.needs_input_grad[:4]]
         need_g = any(needs)
+        low = operands != torch.float32  # bf16 operands, float32 everything else
+        x = x.float()
         a = 1.0 if scale is None else float(scale)
         rows = chunk_rows(x.shape[0], weight.shape[0])
         total = x.new_zeros(())
         grad_x = torch.empty_like(x) if need_g else None
         grad_scale = x.new_zeros(()) if needs[1] else None
-        grad_bias = torch.zeros_like(bias) if need_g else None
-        grad_w = torch.zeros_like(weight) if needs[3] else None
-        forward_w, backward_w = packed or (weight, weight.t())
-        # One logits buffer for all chunks, where the backend writes into it (not oneDNN).
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_g else None
+        # bf16 G: a learned W keeps every chunk's G (N x V in bf16) for one G^T x product at the end
+        # (per-chunk bf16 products would each need a float32 pass over the V x d gradient).
+        keep_g = low and needs[3]
+        make = torch.empty_like if keep_g else torch.zeros_like
+        grad_w = make(weight, dtype=torch.float32) if needs[3] else None
+        w = weight.to(operands)  # no copy when it already is (float32, or a frozen bf16 E)
+        forward_w, backward_w = packed or (w, w.t())
+        # One float32 logits buffer for all chunks, where the backend writes into it (not oneDNN).
         buffer = None if uses_onednn(x, forward_w) else x.new_empty(rows * weight.shape[0])
+        g_buffer = x.new_empty((x.shape[0] if keep_g else rows) * weight.shape[0], dtype=operands) \
+            if low and need_g else None
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], target[start : start + rows]
             at = torch.arange(yc.numel(), device=yc.device)
             out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
-            logits = linear(xc * a if a != 1.0 else xc, forward_w, bias, out=out)
-            picked = logits[at, yc]
-            top = logits.amax(1, keepdim=True)
-            probs = logits.sub_(top).exp_()
-            sums = probs.sum(1, keepdim=True)
-            total += (top.squeeze(1) + sums.squeeze(1).log() - picked).sum()
-            if not need_g:
-                continue
-            g = probs.div_(sums)
+            xs = xc * a if a != 1.0 else xc
+            if low:
+                # bf16 product; bias, softmax and loss in float32. -log p(target) from the fused softmax:
+                # exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
+                logits = torch.add(linear(xs.to(operands), forward_w), bias, out=out)
+                g = torch.softmax(logits, 1)
+                total -= g[at, yc].clamp_min(_TINY).log().sum()
+                if not need_g:
+                    continue
+            else:
+                logits = linear(xs, forward_w, bias, out=out)
+                picked = logits[at, yc]
+                top = logits.amax(1, keepdim=True)
+                probs = logits.sub_(top).exp_()
+                sums = probs.sum(1, keepdim=True)
+                total += (top.squeeze(1) + sums.squeeze(1).log() - picked).sum()
+                if not need_g:
+                    continue
+                g = probs.div_(sums)
             g[at, yc] -= 1  # g = d(loss) / d(logits)
             grad_bias += g.sum(0)
-            g_w = linear(g, backward_w)  # G W
+            if low:  # G rounded once into the bf16 buffer
+                offset = start * weight.shape[0] if keep_g else 0
+                g = g_buffer[offset : offset + g.numel()].view_as(g).copy_(g)
+            g_w = linear(g, backward_w).float()  # G W
             if grad_scale is not None:
                 grad_scale += (g_w * xc).sum()
             torch.mul(g_w, a * norm, out=grad_x[start : start + rows])
-            if grad_w is not None:
+            if grad_w is not None and not low:
                 grad_w.addmm_(g.t(), xc, alpha=a * norm)
+        if keep_g:
+            g_all = g_buffer.view(x.shape[0], weight.shape[0])
+            torch.mul(torch.mm(g_all.t(), x.to(operands)), a * norm, out=grad_w)
         if need_g:
             grad_bias *= norm
             if grad_scale is not None:
@@ -103,4 +139,4 @@ class _DenseCrossEntropy(torch.autograd.Function):
             for g in grads:
                 if g is not None:
                     g.mul_(grad)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None

@@ -108,7 +108,7 @@ def pack(w: torch.Tensor, rows: int) -> torch.Tensor | None:
 
 
 def _onednn_takes(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype == torch.float32 and backend() == "onednn"
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) and backend() == "onednn"
 
 
 def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:

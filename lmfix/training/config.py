@@ -17,6 +17,7 @@ from lmfix.errors import LmfixError
 from lmfix.model.registry import EMBEDS, FIXED
 
 OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "auto")
 DEFAULT_LR = {"sgd": 20.0, "asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 CONFIG_FILE = "config.toml"
 # Fields a resumed run may change: how long and where it runs, how often it reports.
@@ -60,6 +61,8 @@ HELP = {
     "time_budget": "stop after this much wall time, e.g. 90s, 10m, 2h (0: no limit)",
     "seed": "random seed",
     "device": "auto (cuda when available), cpu, cuda, cuda:N",
+    "precision": "fp32, bf16 (bf16 GEMM operands, float32 softmax, loss, optimizer and weights) or auto "
+                 "(bf16 where the device has it natively)",
     "log_interval": "steps between metrics lines",
     "eval_interval": "steps between validations (0: at epoch ends only)",
     "eval_tokens": "validate on the first N valid tokens during training (0: all)",
@@ -115,6 +118,7 @@ class TrainConfig:
     time_budget: float = 0.0
     seed: int = 1111
     device: str = "auto"
+    precision: str = "fp32"
     # reporting
     log_interval: int = 200
     eval_interval: int = 0
@@ -126,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"unknown --embed {self.embed!r}; choose one of {', '.join(EMBEDS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr == 0:
             self.lr = DEFAULT_LR[self.optimizer]
         positive = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "bptt", "epochs", "lr")

@@ -44,6 +44,7 @@ class RunResult:
     grad_bytes_per_step: int  # bytes of gradients DDP would all-reduce each step
     sync_bytes_per_step: float | None  # measured under DDP, None in a single process
     world_size: int
+    precision: str  # fp32 or bf16, as resolved on this device
 
 
 def ppl(loss: float) -> float:
@@ -68,4 +69,5 @@ def summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> d
         "grad_bytes_per_step": result.grad_bytes_per_step,
         "sync_bytes_per_step": result.sync_bytes_per_step,
         "world_size": result.world_size,
+        "precision": result.precision,
     }

@@ -33,9 +33,18 @@ from lmfix.data.batching import BPTTStream, batchify_split
 from lmfix.errors import LmfixError
 from lmfix.model.lstm import LanguageModel, detach_hidden
 from lmfix.ops import gemm
+from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig, resume_config
-from lmfix.training.distributed import Dist, StopSignals, init_distributed, rank0_first, rank0_verdict, wrap_ddp
+from lmfix.training.distributed import (
+    Dist,
+    StopSignals,
+    init_distributed,
+    rank0_first,
+    rank0_verdict,
+    resolve_device,
+    wrap_ddp,
+)
 from lmfix.training.results import Callback, Event, RunResult, ppl, summary
 from lmfix.training.rundir import check_new_run_dir
 from lmfix.training.setup import build_model, load_corpus
@@ -54,6 +63,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model, self.embedding = rank0_first(ddp, lambda: build_model(config, self.corpus))
         self.model.to(device)
+        self.precision = resolve_precision(config.precision, device)
+        self.model.set_precision(DTYPES[self.precision])
         torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ across processes
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
@@ -298,6 +309,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "embedding": self.embedding,
             "vocab_fingerprint": self.corpus.vocab.fingerprint,
+            "precision": self.precision,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "optimizer_kind": self.optimizer_kind,
@@ -317,6 +329,12 @@ class Trainer:
             raise ConfigError(
                 f"{self.run_dir} was trained with {len(state['ranks'])} process(es); resume it with the same "
                 f"number (torchrun --nproc-per-node {len(state['ranks'])})"
+            )
+        trained = state.get("precision", "fp32")  # checkpoints before --precision were float32
+        if trained != self.precision:
+            raise ConfigError(
+                f"{self.run_dir} was trained in {trained} but --precision {self.cfg.precision} gives "
+                f"{self.precision} here; resume it on a machine where {trained} runs (mixing them is refused)"
             )
         if state["vocab_fingerprint"] != self.corpus.vocab.fingerprint:
             raise ConfigError(f"the corpus vocabulary changed since {self.run_dir} was trained; restore the corpus")
@@ -365,6 +383,7 @@ class Trainer:
             "counts": self.model.counts(), "device": str(self.device), "world_size": self.dist.world,
             "tokens_per_epoch": self.tokens_per_epoch, "grad_bytes_per_step": self.grad_bytes,
             "vocab_size": len(self.corpus.vocab), "embedding": self.embedding, "resumed": self.step > 0,
+            "precision": self.precision,
         }
 
     def _result(self, reason: str) -> RunResult:
@@ -384,6 +403,7 @@ class Trainer:
             sync_bytes_per_step=self.sync_bytes / self._session_steps if self.dist.active and self._session_steps
             else None,
             world_size=self.dist.world,
+            precision=self.precision,
         )
 
 
@@ -419,6 +439,7 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     gemm.configured()  # a bad $LMFIX_GEMM fails here, before the run directory is touched
+    resolve_precision(config.precision, resolve_device(config.device))  # and bf16 where it cannot run
     state = None
     if resume:
         resume_config(run_dir, config.to_dict())

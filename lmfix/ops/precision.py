@@ -1,0 +1,65 @@
+"""Numeric precision of a run: ``fp32`` or ``bf16`` (``auto``: bf16 where the device has it natively).
+
+bf16 means bf16 *operands* for the large products (the LSTM under autocast, the
+dense heads' GEMMs) with float32 accumulation inside the GEMMs; everything that
+sums many terms or is trained stays float32: log-sum-exp and softmax, the loss,
+alpha and bias, gradient clipping, optimizer state and the master weights.
+
+How support is detected: on CUDA, ``torch.cuda.is_bf16_supported()``. On CPU,
+oneDNN must run bf16 kernels at all (``torch.ops.mkldnn._is_mkldnn_bf16_supported``,
+AVX-512 or newer); ``auto`` picks bf16 only where the CPU has native bf16
+instructions (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo), since without
+them bf16 is emulated and slower than float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from lmfix.errors import LmfixError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def bf16_runs(device: torch.device) -> bool:
+    """bf16 kernels exist for ``device`` (natively or emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check and check())
+    return False
+
+
+def bf16_native(device: torch.device) -> bool:
+    """bf16 is faster than float32 here: a GPU with bf16, or a CPU with bf16 instructions."""
+    if device.type == "cpu":
+        return bf16_runs(device) and bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bf16_runs(device)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``name`` on ``device``; a one-line error where bf16 cannot run."""
+    if name == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    if name not in DTYPES:
+        raise LmfixError(f"unknown --precision {name!r}; choose one of {', '.join(DTYPES)} or auto")
+    if name == "bf16" and not bf16_runs(device):
+        raise LmfixError(f"--precision bf16: {device} has no bf16 kernels (a CPU needs AVX-512; a GPU "
+                         "Ampere or newer); use --precision fp32 (or auto)")
+    return name

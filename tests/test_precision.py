@@ -1,0 +1,129 @@
+"""bf16: fused losses against float64, the model's numerics, and --precision through training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmfix.analysis.evaluate import evaluate_run
+from lmfix.model.heads import DenseFixedHead, HadamardHead, LearnedHead
+from lmfix.model.lstm import LanguageModel, ModelConfig
+from lmfix.ops import dense_cross_entropy, hadamard_cross_entropy, make_layout, precision
+from lmfix.training import checkpoint
+from lmfix.training.trainer import train
+from tests.test_train import assert_one_line_error, one_thread, run_cli, tiny_config, tiny_flags  # noqa: F401
+
+# Stated tolerances for bf16 operands (8-bit mantissa, float32 accumulation and softmax):
+# the mean loss to 1e-3 relative, each gradient to 2e-2 in relative norm.
+LOSS_RTOL, GRAD_RTOL = 1e-3, 2e-2
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_dense_loss_bf16_matches_float64(learned, monkeypatch):
+    monkeypatch.setattr("lmfix.ops.dense_loss._CHUNK_ELEMENTS", 60 * 3000)  # several chunks
+    gen = torch.Generator().manual_seed(0)
+    n, d, v = 200, 48, 3000
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(v, d, generator=gen, dtype=torch.float64) / 7
+    b = torch.randn(v, generator=gen, dtype=torch.float64)
+    a = torch.tensor(2.5, dtype=torch.float64)
+    y = torch.randint(0, v, (n,), generator=gen)
+
+    ref_in = [t.clone().requires_grad_() for t in (x, a, b, w)]
+    ref = F.cross_entropy(ref_in[1] * ref_in[0] @ ref_in[3].T + ref_in[2], y)
+    want = torch.autograd.grad(ref, ref_in if learned else ref_in[:3])
+
+    xs, s, bs = (t.float().requires_grad_() for t in (x, a, b))
+    ws = w.float().requires_grad_() if learned else w.to(torch.bfloat16)  # a frozen E is stored in bf16
+    loss = dense_cross_entropy(xs, y, ws, bs, s, operands=torch.bfloat16)
+    got = torch.autograd.grad(loss, [xs, s, bs, ws] if learned else [xs, s, bs])
+    assert loss.dtype == torch.float32 and all(g.dtype == torch.float32 for g in got)
+    assert abs(loss.item() - ref.item()) <= LOSS_RTOL * ref.item()
+    for g, r in zip(got, want, strict=True):
+        assert rel(g, r) <= GRAD_RTOL
+
+
+def test_hadamard_loss_takes_bf16_input_and_computes_in_float32():
+    # The transform sums d terms per logit, so it runs in float32 for bf16 input; the result keeps the
+    # input's dtype (as F.cross_entropy does); the model hands the head float32 features anyway.
+    layout = make_layout(1000, 64, "distinct", seed=1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 64, generator=gen).bfloat16()
+    y = torch.randint(0, 1000, (50,), generator=gen)
+    loss = hadamard_cross_entropy(x.float().requires_grad_(), y, layout, alpha=4.0)
+    logits = 4.0 * x.double() @ layout.dense(torch.float64).T
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    low = hadamard_cross_entropy(x, y, layout, alpha=4.0)
+    assert low.dtype == torch.bfloat16 and float(low) == pytest.approx(float(loss), rel=2**-8)
+
+
+@pytest.mark.parametrize("head", ["learned", "dense", "hadamard"])
+def test_bf16_model_matches_fp32_and_keeps_float32_state(head):
+    v, d = 500, 32
+    torch.manual_seed(0)
+    heads = {
+        "learned": lambda: LearnedHead(v, d),
+        "dense": lambda: DenseFixedHead(F.normalize(torch.randn(v, d), dim=1), alpha=8.0),
+        "hadamard": lambda: HadamardHead(make_layout(v, d), alpha=8.0),
+    }
+    model = LanguageModel(heads[head](), ModelConfig(emsize=d, nhid=40, dropout=0, dropouth=0, dropouti=0))
+    ids, y = torch.randint(0, v, (12, 3)), torch.randint(0, v, (12, 3))
+    ref, _ = model(ids, y, model.init_hidden(3))
+    model.set_precision(torch.bfloat16)
+    loss, hidden = model(ids, y, model.init_hidden(3))
+    loss.backward()
+    assert abs(float(loss) - float(ref)) <= 2e-2 * float(ref)
+    assert all(t.dtype == torch.float32 for h in hidden for t in h)
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+    assert model.logits(ids, model.init_hidden(3))[0].dtype == torch.float32
+    if head == "dense":  # a frozen E is stored once in bf16: half the bytes
+        assert model.head.weight.dtype == torch.bfloat16 and model.head.weight.element_size() == 2
+
+
+def test_bf16_run_trains_evaluates_and_refuses_an_fp32_resume(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    run = tmp_path / "runs" / "bf16"
+    result = train(tiny_config(tiny_corpus_dir, embed="orthogonal", max_tokens=600, precision="bf16"), run)
+    summary = json.loads((run / checkpoint.SUMMARY).read_text())
+    assert summary["precision"] == "bf16" and result.best_valid_ppl < 60  # the tiny vocabulary has 61 words
+    assert checkpoint.load(run / checkpoint.LAST)["precision"] == "bf16"
+
+    own, fp32 = evaluate_run(run, "valid"), evaluate_run(run, "valid", precision="fp32")
+    assert own["precision"] == "bf16" and fp32["precision"] == "fp32"
+    assert own["ppl"] == pytest.approx(fp32["ppl"], rel=2e-2)
+
+    code, _, err = run_cli(["train", "--resume", str(run), "--precision", "fp32", "--no-progress"], capsys)
+    assert_one_line_error(code, err, "--precision", "'bf16'")
+
+
+def test_bf16_where_the_device_cannot_run_it_fails_before_the_run_exists(tiny_corpus_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(precision, "bf16_runs", lambda device: False)
+    code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, tmp_path), "--name", "x", "--precision", "bf16"],
+                           capsys)
+    assert_one_line_error(code, err, "--precision bf16", "use --precision fp32")
+    assert not (tmp_path / "x").exists()
+
+
+def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "bf16_runs", lambda device: True)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512f"}))
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    assert precision.resolve_precision("bf16", cpu) == "bf16"  # asked for: runs, emulated
+    with pytest.raises(Exception, match="unknown --precision"):
+        precision.resolve_precision("fp16", cpu)
+
+
+def test_unknown_precision_flag_is_one_line(tiny_corpus_dir, tmp_path, capsys):
+    code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, tmp_path), "--precision", "fp8"], capsys)
+    assert_one_line_error(code, err, "--precision", "fp8")
