@@ -2,7 +2,9 @@
 
 Everything lmfix writes (prepared corpora, artifacts, checkpoints, reports) goes
 through here, so an interrupted run or a full disk never leaves a half-written
-file under the final name.
+file under the final name. What already stands at the target is respected: a
+symlink is followed to the file it names (the link stays), and a device, FIFO or
+socket (``-o /dev/stdout``) is written straight through, never renamed over.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary sits in the same directory so the final ``os.replace`` is atomic.
     On any exception the temporary is removed and the old ``path`` is untouched.
+    A symlink is replaced by its target; a non-regular file (device, FIFO) is yielded as it is.
     """
-    path = Path(path)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        yield Path(path)  # /dev/stdout, a pipe (through a link or not): write through, nothing to rename
+        return
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -60,7 +66,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if os.path.isfile(tmp):  # devices and pipes have nothing to sync
+                os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -48,7 +48,8 @@ def test_generate_is_reproducible_with_a_seed(trained: Path, capsys):
     assert text == generate(trained, words=30, seed=4)
     assert len(text.split()) <= 30 and all(w.startswith("w") for w in text.split())
     assert generate(trained, words=5, seed=1, prompt="w1 w2").startswith("w1 w2")
-    with pytest.raises(ConfigError, match="temperature"):
-        generate(trained, temperature=0)
+    for bad in (0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="temperature"):
+            generate(trained, temperature=bad)
     assert main(["generate", str(trained), "--words", "10", "--seed", "1", "--temperature", "0.7"]) == 0
     assert capsys.readouterr().out.strip()

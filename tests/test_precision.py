@@ -62,7 +62,7 @@ def test_hadamard_loss_takes_bf16_input_and_computes_in_float32():
     logits = 4.0 * x.double() @ layout.dense(torch.float64).T
     assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
     low = hadamard_cross_entropy(x, y, layout, alpha=4.0)
-    assert low.dtype == torch.bfloat16 and float(low) == pytest.approx(float(loss), rel=2**-8)
+    assert low.dtype == torch.bfloat16 and low.item() == pytest.approx(loss.item(), rel=2**-8)
 
 
 @pytest.mark.parametrize("head", ["learned", "dense", "hadamard"])
@@ -80,7 +80,7 @@ def test_bf16_model_matches_fp32_and_keeps_float32_state(head):
     model.set_precision(torch.bfloat16)
     loss, hidden = model(ids, y, model.init_hidden(3))
     loss.backward()
-    assert abs(float(loss) - float(ref)) <= 2e-2 * float(ref)
+    assert abs(loss.item() - ref.item()) <= 2e-2 * ref.item()
     assert all(t.dtype == torch.float32 for h in hidden for t in h)
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
     assert model.logits(ids, model.init_hidden(3))[0].dtype == torch.float32

@@ -31,11 +31,20 @@ def load_trained(
     config = TrainConfig.load(run_dir)
     best = checkpoint.load(run_dir / checkpoint.BEST)
     corpus = load_corpus(config)
+    # best.pt names its vocabulary since this check exists; older runs have it in checkpoint.pt
+    trained_on = best.get("vocab_fingerprint") or _last_fingerprint(run_dir)
+    if trained_on is not None and trained_on != corpus.vocab.fingerprint:
+        raise ConfigError(f"the corpus vocabulary changed since {run_dir} was trained; restore the corpus")
     model, _ = build_model(config, corpus, expected=best.get("embedding"))
-    model.load_state_dict(best["model"])
+    checkpoint.load_weights(model, best["model"], run_dir / checkpoint.BEST)
     where = resolve_device(device)
     model.to(where).set_precision(DTYPES[resolve_precision(precision or config.precision, where)])
     return model.eval(), config, corpus, best
+
+
+def _last_fingerprint(run_dir: Path) -> str | None:
+    last = run_dir / checkpoint.LAST
+    return checkpoint.load(last).get("vocab_fingerprint") if last.is_file() else None
 
 
 def evaluate_run(

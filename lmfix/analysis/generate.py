@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,8 +21,8 @@ def generate(
 
     Lines end where the model emits ``<eos>``; the prompt must use the corpus's tokens.
     """
-    if temperature <= 0:
-        raise ConfigError(f"--temperature must be > 0, got {temperature}")
+    if not 0 < temperature < math.inf:
+        raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
     model, config, corpus, _ = load_trained(run_dir, device, precision)
     vocab = corpus.vocab
     tokens = prompt.split() or [EOS]

@@ -10,6 +10,7 @@ commands, so ``lmfix --help`` and ``lmfix prepare`` start without torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmfix: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmfix ... | head`: the reader left; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

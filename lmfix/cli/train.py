@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import add_corpus_flags, count, duration
+from lmfix.cli.common import add_corpus_flags, count, duration, positive_float
 from lmfix.cli.progress import TrainProgress
 
 # Corpus settings come from add_corpus_flags; the other TrainConfig fields become --flags.
@@ -27,7 +27,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_corpus_flags(p)
-    types = {"max_tokens": count, "time_budget": duration}
+    types = {"max_tokens": count, "time_budget": duration, "lr": positive_float}
     for f in fields(TrainConfig):
         if f.name in _CORPUS_FIELDS:
             continue
@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from lmfix.training.config import TrainConfig, resume_config
+    from lmfix.training.rundir import check_run_name
     from lmfix.training.trainer import train
 
     overrides = _train_overrides(args)
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = resume_config(run_dir, overrides)
     else:
         config = TrainConfig.from_dict(overrides)
-        run_dir = Path(args.runs_dir) / (args.name or config.embed)
+        run_dir = Path(args.runs_dir) / check_run_name(config.embed if args.name is None else args.name)
     progress = TrainProgress(enabled=not args.no_progress)
     try:
         result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)

@@ -125,6 +125,7 @@ def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerCon
         stats["tokens"][split] = int(ids.size)
         stats["lines"][split] = len(tokens[split])
     stats["vocab_size"] = len(vocab)
+    stats["vocab_fingerprint"] = vocab.fingerprint
     return stats
 
 
@@ -178,14 +179,34 @@ def prepare(
 
 
 def _load_prepared(name: str, out: Path, tok: TokenizerConfig) -> Corpus:
+    """The cached ids and vocabulary, checked against the counts meta.json recorded when they were made."""
     try:
         meta = json.loads((out / META).read_text())
         arrays = {s: np.load(out / f"{s}.npy").astype(np.int64) for s in SPLITS}
-    except (OSError, ValueError) as exc:
-        raise CorpusError(f"prepared corpus {out} is unreadable ({exc}); rerun with --force") from exc
-    vocab = Vocab.load(out / "vocab.txt")
+        vocab = Vocab.load(out / "vocab.txt")
+        problem = _damage(meta["stats"], vocab, arrays)
+    except (OSError, ValueError, KeyError, TypeError, CorpusError) as exc:
+        cause = exc.__cause__ or exc  # Vocab.load's own message would repeat the advice
+        problem = f"{type(cause).__name__}: {cause}"
+    if problem:
+        raise CorpusError(f"prepared corpus {out} is unreadable ({problem}); rerun with --force")
     stats = dict(meta["stats"], vocab_fingerprint=vocab.fingerprint)
     return Corpus(name, vocab, arrays, tok, out, stats)
+
+
+def _damage(stats: dict, vocab: Vocab, arrays: dict[str, np.ndarray]) -> str | None:
+    """What does not match between the cache's files and its own metadata (caches before the fingerprint
+    was recorded are checked by size and id range)."""
+    if len(vocab) != stats["vocab_size"]:
+        return f"vocab.txt has {len(vocab)} types, meta.json says {stats['vocab_size']}"
+    if stats.get("vocab_fingerprint", vocab.fingerprint) != vocab.fingerprint:
+        return "vocab.txt is not the vocabulary the ids were made with"
+    for split, ids in arrays.items():
+        if ids.size != stats["tokens"][split]:
+            return f"{split}.npy has {ids.size:,} ids, meta.json says {stats['tokens'][split]:,}"
+        if ids.size and (ids.min() < 0 or ids.max() >= len(vocab)):
+            return f"{split}.npy has ids outside the vocabulary"
+    return None
 
 
 def load(corpus: str = "wikitext-2", **kwargs) -> Corpus:

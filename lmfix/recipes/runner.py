@@ -71,6 +71,18 @@ def _read_toml(path: Path) -> dict:
         raise RecipeError(f"cannot read recipe file {path}: {exc}") from exc
 
 
+def _known(path: Path, raw: dict, sections: dict[str, set[str] | None]) -> None:
+    """Unknown sections or keys are errors, not silently something else (``[trian]``); ``None``: any key."""
+    for section in sorted(set(raw) - set(sections)):
+        raise RecipeError(f"{path}: unknown section [{section}]; known: {', '.join(f'[{s}]' for s in sections)}")
+    for section, keys in sections.items():
+        value = raw.get(section, {})
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: {section} must be a [{section}] section")
+        for key in sorted(set(value) - keys) if keys is not None else ():
+            raise RecipeError(f"{path}: unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}")
+
+
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Load a recipe directory, or one ``VARIANT.toml`` of it (then only that variant runs)."""
     path = Path(path)
@@ -81,6 +93,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     elif path.name == RECIPE_FILE:
         path = path.parent
     raw = _read_toml(path / RECIPE_FILE)
+    _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants"},
+                                     "evaluate": {"split", "batch_size"}, "train": None})
     meta = raw.get("recipe", {})
     names = meta.get("variants") or sorted(p.stem for p in path.glob("*.toml") if p.name != RECIPE_FILE)
     variants = []

@@ -58,6 +58,16 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     return state
 
 
+def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
+    """``model.load_state_dict`` with a one-line error for weights of another shape (another run's file)."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path} does not fit the model its run's config.toml describes ({first}); "
+                              "it belongs to another run") from None
+
+
 def write_json(path: Path, data: dict) -> None:
     atomic.write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
 

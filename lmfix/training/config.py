@@ -8,6 +8,7 @@ No torch import here, so the CLI can build its parser quickly.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -126,6 +127,10 @@ class TrainConfig:
     checkpoint_interval: int = 500
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.embed not in EMBEDS:
             raise ConfigError(f"unknown --embed {self.embed!r}; choose one of {', '.join(EMBEDS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -169,11 +174,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        """Build from a mapping (a recipe, a saved config); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Build from a mapping (a recipe, a saved config); unknown keys and wrong types are an error."""
+        types = {f.name: type(f.default) for f in fields(cls)}
+        unknown = sorted(set(data) - set(types))
         if unknown:
             raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; see lmfix train --help")
+        for key, value in data.items():
+            want = types[key]
+            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok, data = True, {**data, key: float(value)}
+            if not ok:
+                raise ConfigError(f"training setting {key} = {value!r} should be {want.__name__} "
+                                  f"(like {getattr(cls, key)!r})")
         return cls(**data)
 
     def to_toml(self) -> str:

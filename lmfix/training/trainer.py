@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -46,8 +45,10 @@ from lmfix.training.distributed import (
     wrap_ddp,
 )
 from lmfix.training.results import Callback, Event, RunResult, ppl, summary
-from lmfix.training.rundir import check_new_run_dir
+from lmfix.training.rundir import check_new_run_dir, claimed, set_aside, settle_previous
 from lmfix.training.setup import build_model, load_corpus
+
+DIVERGED_TIMES_UNIFORM, DIVERGED_MARGIN = 5.0, 25.0
 
 
 class TrainingDiverged(LmfixError):
@@ -67,6 +68,10 @@ class Trainer:
         self.model.set_precision(DTYPES[self.precision])
         torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ across processes
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # A loss this far above a uniform guess (ln V) is divergence, even while it is still finite
+        # (a fixed head's logits span +-alpha, so its first losses may reach 2 alpha + ln V).
+        reach = 2 * abs(config.alpha) if config.fixed else 0.0
+        self.diverged_above = DIVERGED_TIMES_UNIFORM * math.log(len(self.corpus.vocab)) + DIVERGED_MARGIN + reach
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
         self.sync_bytes = 0
         self.net = wrap_ddp(self.model, device, self._count_sync) if ddp.active else self.model
@@ -175,7 +180,7 @@ class Trainer:
             dist.all_reduce(value)
             value /= self.dist.world
         value, norm = value.item(), norm.item()
-        if not (math.isfinite(value) and math.isfinite(norm)):
+        if not (math.isfinite(value) and math.isfinite(norm)) or value > self.diverged_above:
             raise self._diverged(value, norm)
         self.optimizer.step()
         self.step += 1
@@ -247,6 +252,8 @@ class Trainer:
             if self.dist.active:
                 dist.broadcast(loss, 0)
             loss = loss.item()
+            if not math.isfinite(loss) or loss > self.diverged_above:  # best.pt is never a diverged model
+                raise self._diverged(loss, math.nan, "validation")
             improved = loss < self.best_loss
             if improved:
                 self.best_loss = loss
@@ -268,6 +275,7 @@ class Trainer:
             checkpoint.save(self.run_dir / checkpoint.BEST, {
                 "model": self.model.state_dict(), "step": self.step, "tokens": self.tokens,
                 "valid_loss": self.best_loss, "embedding": self.embedding, "config": self.cfg.to_dict(),
+                "vocab_fingerprint": self.corpus.vocab.fingerprint, "precision": self.precision,
             })
 
     # ------------------------------------------------------------------ metrics and checkpoints
@@ -294,6 +302,8 @@ class Trainer:
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
 
     def _save_checkpoint(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.params):  # never replace a good checkpoint with this
+            raise self._diverged(math.nan, math.nan, "weights")
         local = {"rng": torch.get_rng_state(),
                  "hidden": None if self.hidden is None else [[h.cpu(), c.cpu()] for h, c in self.hidden]}
         if self.device.type == "cuda":
@@ -343,7 +353,7 @@ class Trainer:
                 f"the fixed matrix changed: the run used artifact {state['embedding']['id']}, found "
                 f"{self.embedding['id']}; restore {state['embedding']['path']}"
             )
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_weights(self.model, state["model"], self.run_dir / checkpoint.LAST)
         self.optimizer_kind = state["optimizer_kind"]
         self.optimizer = self._make_optimizer(self.optimizer_kind)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -365,12 +375,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ reporting
 
-    def _diverged(self, loss: float, norm: float) -> TrainingDiverged:
+    def _diverged(self, loss: float, norm: float, where: str = "training") -> TrainingDiverged:
         last = self.run_dir / checkpoint.LAST
         kept = (f"the last good checkpoint {last} (step {self.last_checkpoint_step}) is kept"
                 if self.last_checkpoint_step >= 0 else "no checkpoint had been written yet")
+        what = {"training": f"loss {loss:.4g}, gradient norm {norm:.4g}", "validation": f"valid loss {loss:.4g}",
+                "weights": "non-finite weights"}[where]
         return TrainingDiverged(
-            f"training diverged at step {self.step + 1} (loss {loss}, gradient norm {norm}, lr {self.lr:g}); "
+            f"training diverged at step {self.step + 1} ({what}; a uniform guess scores ln V = "
+            f"{math.log(len(self.corpus.vocab)):.2f}, the limit is {self.diverged_above:.1f}; lr {self.lr:g}); "
             f"{kept}: start again with a lower --lr or --clip"
         )
 
@@ -451,20 +464,34 @@ def train(
         state = checkpoint.load(run_dir / checkpoint.LAST)
     ddp, device, created_group = init_distributed(config.device)
     try:
-        if not resume:
-            rank0_verdict(ddp, lambda: check_new_run_dir(run_dir, overwrite))
-        trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
-        if state is not None:
-            trainer.restore(state)
-        elif ddp.main:
-            if overwrite:
-                for child in run_dir.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-            config.save(run_dir)
-        ddp.barrier()
-        result = trainer.run()
-        ddp.barrier()  # nobody tears the process group down while another process still uses it
-        return result
+        with contextlib.ExitStack() as claim:
+            # Rank 0 alone claims and checks the directory; every rank gets its verdict.
+            rank0_verdict(ddp, lambda: _claim(claim, run_dir, resume, overwrite))
+            trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
+            if state is not None:
+                trainer.restore(state)
+            elif ddp.main:
+                if overwrite:
+                    set_aside(run_dir)
+                config.save(run_dir)
+            ddp.barrier()
+            try:
+                result = trainer.run()
+            finally:
+                if ddp.main and overwrite:
+                    settle_previous(run_dir, trainer.last_checkpoint_step >= 0)
+            ddp.barrier()  # nobody tears the process group down while another process still uses it
+            return result
     finally:
         if created_group:
             dist.destroy_process_group()
+
+
+def _claim(stack: contextlib.ExitStack, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check, then lock, then check again: nothing is added to a folder lmfix refuses, and no other
+    process can have started this run between the check and the lock."""
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)
+    stack.enter_context(claimed(run_dir))
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)
