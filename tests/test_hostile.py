@@ -250,3 +250,18 @@ def test_a_damaged_cache_description_is_prepared_again(tiny_corpus_dir, capsys):
     next(Path(os.environ["LMFIX_CACHE"]).rglob("meta.json")).write_text("{}")
     code, out, _ = run_cli(["prepare", str(tiny_corpus_dir)], capsys)
     assert code == 0 and "prepared in" in out and " 61 types" in out
+
+
+def test_a_build_that_cannot_fit_in_memory_is_refused_up_front(tiny_corpus_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lmfix.embeddings.base.available_memory", lambda: 1 << 10)  # 1 KiB left
+    code, _, err = run_cli(["build-embeddings", "orthogonal", "--corpus", str(tiny_corpus_dir), "--dim", "60",
+                            "-o", str(tmp_path / "o.npz")], capsys)
+    assert_one_line_error(code, err, "orthogonal 61 x 60 needs about", "lower --dim")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_diagnostics_of_very_wide_rows_stay_in_bounded_memory():
+    from lmfix.embeddings.diagnostics import chunk_rows, sample_rows
+
+    assert chunk_rows(512) == 4096 and chunk_rows(65536) * 65536 * 8 <= 64 << 20
+    assert sample_rows(2000, 512) == 2000 and sample_rows(2000, 65536) * 65536 * 8 <= 256 << 20

@@ -65,6 +65,26 @@ def require(condition: bool, message: str) -> None:
         raise EmbeddingError(message)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``), None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def require_memory(needed: int, what: str, fix: str) -> None:
+    """Refuse up front a build that cannot fit, instead of swapping or being killed hours later."""
+    free = available_memory()
+    require(free is None or needed <= free,
+            f"{what} needs about {needed / 2**30:.1f} GiB of memory but {(free or 0) / 2**30:.1f} GiB is "
+            f"available; {fix}")
+
+
 def unit_rows(matrix: np.ndarray, seed: int, empty: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Scale rows to unit length (float32); rows marked ``empty`` or all zero get seeded random unit rows.
 

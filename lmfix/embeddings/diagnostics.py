@@ -18,7 +18,18 @@ import numpy as np
 from lmfix import atomic
 from lmfix.embeddings.artifact import EmbeddingArtifact, EmbeddingError
 
-CHUNK = 4096  # rows generated at a time for Hadamard artifacts
+CHUNK = 4096  # rows generated at a time for Hadamard artifacts (fewer for wide rows)
+# Bytes of float64 rows held at once: a chunk while scanning, the coherence sample.
+_CHUNK_BYTES, _SAMPLE_BYTES = 64 << 20, 256 << 20
+
+
+def chunk_rows(dim: int) -> int:
+    return max(1, min(CHUNK, _CHUNK_BYTES // (8 * dim)))
+
+
+def sample_rows(sample: int, dim: int) -> int:
+    """The coherence sample, capped so its rows (and their Gram matrix) stay within ``_SAMPLE_BYTES``."""
+    return max(2, min(sample, _SAMPLE_BYTES // (8 * dim), int((_SAMPLE_BYTES // 8) ** 0.5)))
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,9 @@ class Diagnostics:
 
 
 def _chunks(art: EmbeddingArtifact):
-    for start in range(0, art.shape[0], CHUNK):
-        yield art.rows(np.arange(start, min(start + CHUNK, art.shape[0])))
+    step = chunk_rows(art.shape[1])
+    for start in range(0, art.shape[0], step):
+        yield art.rows(np.arange(start, min(start + step, art.shape[0])))
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -58,9 +70,11 @@ def distinct_rows(art: EmbeddingArtifact) -> int:
 
 
 def diagnose(art: EmbeddingArtifact, sample: int = 2000, seed: int = 0) -> Diagnostics:
-    """Row-norm stats over all rows; coherence on ``sample`` random rows (all if fewer)."""
+    """Row-norm stats over all rows; coherence on ``sample`` random rows (all if fewer; fewer for very wide
+    rows, so memory stays bounded: ``coherence_sample`` says how many)."""
     norms = np.concatenate([np.linalg.norm(rows, axis=1) for rows in _chunks(art)])
     vocab_size = art.shape[0]
+    sample = sample_rows(sample, art.shape[1])
     ids = np.sort(np.random.default_rng(seed).choice(vocab_size, min(sample, vocab_size), replace=False))
     mean, worst = coherence(art.rows(ids))
     return Diagnostics(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmfix.data.corpus import Corpus
-from lmfix.embeddings.base import Built, option, require, unit_rows
+from lmfix.embeddings.base import Built, option, require, require_memory, unit_rows
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ def build(corpus: Corpus, dim: int, seed: int, cfg: OrthogonalConfig) -> Built:
         f"orthogonal needs --dim <= the vocabulary size ({vocab_size:,}): "
         f"a {vocab_size} x d matrix has at most {vocab_size} orthonormal columns",
     )
+    # float64: the Gaussian, LAPACK's copy of it, Q (each V x d) and R (d x d).
+    require_memory(8 * (3 * vocab_size * dim + dim * dim), f"orthogonal {vocab_size:,} x {dim:,}", "lower --dim")
     from scipy import linalg
 
     rng = np.random.default_rng(seed)
