@@ -45,3 +45,19 @@ def test_compare_refuses_an_unfinished_run(tmp_path: Path, tiny_corpus_dir: Path
     run.mkdir()
     tiny_config(tiny_corpus_dir).save(run)
     assert_one_line_error(main(["compare", str(run)]), capsys.readouterr().err, "has not finished training")
+
+
+def test_compare_refuses_runs_of_different_settings_unless_mixed(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    small = tmp_path / "runs" / "small"
+    wide = tmp_path / "runs" / "wide"
+    seed2 = tmp_path / "runs" / "fixed-seed2"
+    train(tiny_config(tiny_corpus_dir, max_tokens=200), small)
+    train(tiny_config(tiny_corpus_dir, max_tokens=200, nhid=32, lr=4.0), wide)
+    train(tiny_config(tiny_corpus_dir, max_tokens=200, embed="orthogonal", seed=2, embed_seed=2, alpha=3.0), seed2)
+    code = main(["compare", str(small), str(wide)])
+    assert_one_line_error(code, capsys.readouterr().err, "differ in lr, nhid", "small 24", "wide 32", "--mixed")
+    assert main(["compare", str(small), str(wide), "--mixed"]) == 0
+    assert "Warning: these runs differ in more than the matrix and the seeds: lr:" in capsys.readouterr().out
+    # another matrix, its seeds and a fixed head's own options are what a comparison is about
+    assert main(["compare", str(small), str(seed2)]) == 0
+    assert "Warning" not in capsys.readouterr().out

@@ -118,3 +118,35 @@ def test_finished_run_with_other_settings_is_not_reused(tmp_path: Path):
     run_recipe(recipe, output=out, overrides={"max_tokens": 1600})
     with pytest.raises(RecipeError, match="max_tokens = 1600, the recipe asks for 3200"):
         run_recipe(recipe, output=out, overrides={"max_tokens": 3200})
+
+
+def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path, tiny_corpus_dir: Path):
+    folder = tmp_path / "seeded"
+    folder.mkdir()
+    (folder / "recipe.toml").write_text(
+        f'[recipe]\nvariants = ["learned", "orthogonal"]\nseeds = [3, 4]\n[train]\ncorpus = "{tiny_corpus_dir}"\n'
+        'emsize = 16\nnhid = 16\nbatch_size = 4\neval_batch_size = 4\nbptt = 10\nmax_tokens = 200\n')
+    (folder / "learned.toml").write_text('[train]\nembed = "learned"\n')
+    (folder / "orthogonal.toml").write_text('[train]\nembed = "orthogonal"\n')
+    recipe = load_recipe(folder)
+    assert [name for name, _, _ in recipe.runs()] == [
+        "learned-seed3", "learned-seed4", "orthogonal-seed3", "orthogonal-seed4"]
+    events = []
+    result = run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
+    assert [d.name for d in result.run_dirs] == [name for name, _, _ in recipe.runs()]
+    from lmfix.training.config import TrainConfig
+
+    saved = {d.name: TrainConfig.load(d) for d in result.run_dirs}
+    assert (saved["orthogonal-seed4"].seed, saved["orthogonal-seed4"].embed_seed) == (4, 4)
+    assert {e.kind for e in events} >= {"train", "evaluate"}
+    events.clear()
+    run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
+    assert [e.kind for e in events] == ["skip"] * 4
+
+
+@pytest.mark.parametrize("seeds", ["[1, 1]", "[-1]", '["a"]', "3"])
+def test_bad_seeds_are_refused(tmp_path: Path, seeds: str):
+    (tmp_path / "recipe.toml").write_text(f'[recipe]\nvariants = ["a"]\nseeds = {seeds}\n')
+    (tmp_path / "a.toml").write_text('[train]\nembed = "learned"\n')
+    with pytest.raises(RecipeError, match="seeds must be a list of distinct integers"):
+        load_recipe(tmp_path)

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmfix import atomic
+from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
 from lmfix.training import checkpoint
 from lmfix.training.config import TrainConfig
 
+# Fields runs being compared may differ in: the matrix (and its seed), the run seed, and where or how
+# verbosely they ran. Any other difference means the runs answer different questions.
+MAY_DIFFER = frozenset({"embed", "embeddings", "embed_seed", "seed", "device", "verify", "data_dir", "log_interval",
+                        "checkpoint_interval"})
+HEAD_OPTIONS = ("alpha", "fix_alpha", "normalize")  # only a fixed head reads them
 TABLE = "compare.md"
 VALID_PLOT = "valid_ppl.png"
 ALPHA_PLOT = "alpha.png"
@@ -157,10 +163,43 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
     return out
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:
-    """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths."""
+class CompareError(LmfixError):
+    """Runs that cannot be compared as they are."""
+
+
+def setting_differences(runs: list[Run]) -> dict[str, list[tuple[str, object]]]:
+    """{field: [(run name, value), ...]} for every setting outside ``MAY_DIFFER`` whose value is not shared."""
+    settings = []
+    for run in runs:
+        values = {k: v for k, v in run.config.to_dict().items() if k not in MAY_DIFFER}
+        if not run.config.fixed:
+            for key in HEAD_OPTIONS:
+                values.pop(key)
+        settings.append(values)
+    differ = {}
+    for key in sorted(set().union(*settings)) if settings else []:
+        values = [(r.name, v[key]) for r, v in zip(runs, settings, strict=True) if key in v]
+        if len({repr(value) for _, value in values}) > 1:
+            differ[key] = values
+    return differ
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tuple[str, list[Path]]:
+    """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths.
+
+    Runs must share every setting but the matrix, the seeds and where they ran (``MAY_DIFFER``); with
+    ``mixed`` they are compared anyway and the table says how they differ.
+    """
     runs = [load_run(d) for d in run_dirs]
+    differ = setting_differences(runs)
+    described = "; ".join(f"{key}: " + ", ".join(f"{name} {value!r}" for name, value in values)
+                          for key, values in differ.items())
+    if differ and not mixed:
+        raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
+                           "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
+    if differ:
+        table += f"\nWarning: these runs differ in more than the matrix and the seeds: {described}.\n"
     out_dir = Path(out_dir)
     atomic.write_text(out_dir / TABLE, table)
 

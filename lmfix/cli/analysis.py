@@ -32,6 +32,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
+    p.add_argument("--mixed", action="store_true",
+                   help="compare runs whose settings differ beyond the matrix and the seeds (the table says how)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -41,7 +43,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from lmfix.analysis.compare import compare_runs
 
     out = Path(args.out) if args.out else Path(args.runs[0]).parent / "compare"
-    table, plots = compare_runs([Path(r) for r in args.runs], out)
+    table, plots = compare_runs([Path(r) for r in args.runs], out, mixed=args.mixed)
     print(table)
     print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
 

@@ -46,6 +46,15 @@ class Recipe:
     variants: tuple[Variant, ...]
     train: dict
     evaluate: dict
+    # [recipe] seeds = [...]: every variant once per seed (run and embedding seed alike), run
+    # directories VARIANT-seedN; empty: one run per variant, named VARIANT, with [train]'s seeds.
+    seeds: tuple[int, ...] = ()
+
+    def runs(self) -> list[tuple[str, Variant, dict]]:
+        """(run name, variant, seed overrides) for every run the recipe asks for, variant-major."""
+        if not self.seeds:
+            return [(v.name, v, {}) for v in self.variants]
+        return [(f"{v.name}-seed{s}", v, {"seed": s, "embed_seed": s}) for v in self.variants for s in self.seeds]
 
     def select(self, only: list[str] | None) -> Recipe:
         """The recipe restricted to the variants named in ``only`` (in recipe order)."""
@@ -83,6 +92,13 @@ def _known(path: Path, raw: dict, sections: dict[str, set[str] | None]) -> None:
             raise RecipeError(f"{path}: unknown key {key!r} in [{section}]; known: {', '.join(sorted(keys))}")
 
 
+def _seeds(path: Path, seeds: object) -> tuple[int, ...]:
+    ok = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise RecipeError(f"{path}: seeds must be a list of distinct integers >= 0, like seeds = [1, 2, 3]")
+    return tuple(seeds)
+
+
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Load a recipe directory, or one ``VARIANT.toml`` of it (then only that variant runs)."""
     path = Path(path)
@@ -93,7 +109,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     elif path.name == RECIPE_FILE:
         path = path.parent
     raw = _read_toml(path / RECIPE_FILE)
-    _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants"},
+    _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants", "seeds"},
                                      "evaluate": {"split", "batch_size"}, "train": None})
     meta = raw.get("recipe", {})
     names = meta.get("variants") or sorted(p.stem for p in path.glob("*.toml") if p.name != RECIPE_FILE)
@@ -112,6 +128,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         variants=tuple(variants),
         train=raw.get("train", {}),
         evaluate=raw.get("evaluate", {}),
+        seeds=_seeds(path / RECIPE_FILE, meta.get("seeds", [])),
     )
     for variant in recipe.variants:  # fail on a bad setting before hours of training, not after
         try:
@@ -155,10 +172,10 @@ def run_recipe(
 
     out = Path(output or recipe.output)
     run_dirs = []
-    for variant in recipe.variants:
-        run_dir = out / variant.name
+    for name, variant, seeded in recipe.runs():
+        run_dir = out / name
         run_dirs.append(run_dir)
-        config = recipe.config(variant, overrides)
+        config = recipe.config(variant, {**seeded, **(overrides or {})})
         if variant.embeddings:  # builder options beyond the defaults: train on that artifact
             corpus = load_corpus(config)
             art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
@@ -166,16 +183,16 @@ def run_recipe(
         finished = (run_dir / checkpoint.SUMMARY).is_file()
         if finished:
             _check_same_config(run_dir, config)
-            on_event(RecipeEvent("skip", variant.name, f"finished earlier ({run_dir})"))
+            on_event(RecipeEvent("skip", name, f"finished earlier ({run_dir})"))
         else:
             resume = (run_dir / checkpoint.LAST).is_file()
-            on_event(RecipeEvent("resume" if resume else "train", variant.name, str(run_dir)))
+            on_event(RecipeEvent("resume" if resume else "train", name, str(run_dir)))
             train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
         split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
         evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
         stale = evaluated is None or (batch_size is not None and evaluated["batch_size"] != batch_size)
         if not finished or stale:
-            on_event(RecipeEvent("evaluate", variant.name, split))
+            on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
     table, plots = compare_runs(run_dirs, out)
     report = out / REPORT
