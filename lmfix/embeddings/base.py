@@ -26,11 +26,6 @@ class Built:
     runtime: dict = field(default_factory=dict)  # resolved runtime options, e.g. workers=0 -> 2
 
 
-def runtime(default: object, help: str) -> object:
-    """A dataclass field that changes how a build runs but not what it computes (kept out of cache keys)."""
-    return field(default=default, metadata={"help": help, "runtime": True})
-
-
 def option(default: object, help: str) -> object:
     """A dataclass field that shapes the values; ``help`` is shown by the CLI and docs."""
     return field(default=default, metadata={"help": help})

@@ -16,10 +16,13 @@ words of an LM vocabulary than CBOW. On WikiText-2 at d=512 they build in well
 under the 90 s budget on 2 cores; 10 negatives nearly double the time for
 little change in the neighbours.
 
-Reproducibility: with ``workers=1`` the same seed gives a bit-identical matrix.
+Reproducibility: the default ``workers=1`` gives the same bytes (the same
+artifact id) for the same seed, corpus and library versions, in any process
+(gensim seeds every vector from ``seed``; one thread updates them in one order).
 With more workers the threads update shared vectors in whatever order the
-scheduler gives them, so runs with the same seed give equally good but not
-identical matrices; the artifact records the worker count.
+scheduler gives them: equally good, faster, but not identical matrices. That
+mode is opt-in (``--workers N``, 0 = one per core), part of the artifact's
+options and cache key, and noted in the artifact.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmfix.data.corpus import Corpus
-from lmfix.embeddings.base import Built, option, require, runtime, unit_rows
+from lmfix.embeddings.base import Built, option, require, unit_rows
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Word2VecConfig:
     epochs: int = option(5, "passes over the training split")
     sample: float = option(1e-3, "downsampling threshold for frequent words (0 disables)")
     min_count: int = option(1, "types rarer than this are not trained and get a random unit row")
-    workers: int = runtime(0, "training threads (0: one per available core; >1 is not bit-reproducible)")
+    workers: int = option(1, "training threads: 1 is bit-reproducible; more (0: one per core) is faster, not")
 
     def __post_init__(self) -> None:
         for name in ("window", "negative", "epochs", "min_count"):
