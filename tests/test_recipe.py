@@ -139,6 +139,9 @@ def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path,
     saved = {d.name: TrainConfig.load(d) for d in result.run_dirs}
     assert (saved["orthogonal-seed4"].seed, saved["orthogonal-seed4"].embed_seed) == (4, 4)
     assert {e.kind for e in events} >= {"train", "evaluate"}
+    assert "| orthogonal | orthogonal | 3, 4 |" in result.table and "(2 seeds)" in result.table
+    assert "| learned | learned | 3, 4 |" in result.table and " ± " in result.table
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in result.plots)
     events.clear()
     run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
     assert [e.kind for e in events] == ["skip"] * 4

@@ -9,10 +9,12 @@ training for the fixed runs (the paper's Figure 1).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmfix import atomic
+from lmfix.analysis.seeds import group_name, paired_change, spread
 from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
 from lmfix.training import checkpoint
@@ -134,7 +136,52 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float], list[float]]], log_y: bool) -> Path:
+def groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by variant group (``NAME-seedN`` -> ``NAME``), in the order the groups first appear."""
+    grouped: dict[str, list[Run]] = {}
+    for run in runs:
+        grouped.setdefault(group_name(run.name), []).append(run)
+    return grouped
+
+
+def seeds_table(runs: list[Run]) -> str | None:
+    """Mean ± std over seeds per group and the paired change against the learned tied group; None when
+    no group has more than one run."""
+    grouped = groups(runs)
+    if all(len(members) == 1 for members in grouped.values()):
+        return None
+    base = next((m for m in grouped.values() if all(r.config.embed == "learned" for r in m)), None)
+
+    def by_seed(members: list[Run]) -> dict[int, float]:
+        return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
+
+    lines = ["| group | variant | seeds | valid ppl (mean ± std) | test ppl (mean ± std) "
+             "| test ppl vs learned, paired by seed (mean, 95% CI) |", "|" + "---|" * 6]
+    for name, members in grouped.items():
+        valid = [r.valid_ppl[0] for r in members if r.valid_ppl[0] is not None]
+        test = list(by_seed(members).values())
+        change = paired_change(by_seed(members), by_seed(base)) if base and members is not base else None
+        lines.append(
+            f"| {name} | {variant(members[0])} | {', '.join(str(r.config.seed) for r in members)} "
+            f"| {spread(valid) if valid else '—'} | {spread(test) if test else '—'} "
+            f"| {'—' if change is None else change} |"
+        )
+    notes = ["", "Runs named NAME-seedN form the group NAME. std: sample standard deviation over seeds. The change "
+             "is computed seed by seed (same run and embedding seed) and averaged; the interval is Student-t."]
+    if base is None:
+        notes.append("No learned tied group among these runs: no paired changes.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def _band_series(key: str, members: list[Run]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(tokens, mean, min, max) of ``key`` at the token counts every run of the group logged."""
+    curves = [{m["tokens"]: m[key] for m in run.metrics if m.get(key) is not None} for run in members]
+    tokens = sorted(set.intersection(*(set(c) for c in curves)))
+    values = [[c[t] for c in curves] for t in tokens]
+    return tokens, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def _plot(out: Path, title: str, ylabel: str, series: list[tuple], log_y: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +189,10 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple[str, list[float
     from matplotlib.ticker import EngFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    for label, xs, ys in series:
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    for label, xs, ys, *band in series:  # band: (low, high) for a group of seeds
+        line = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)[0]
+        if band:
+            ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_y:  # log scale, plain numbers (not 4x10^2)
         ax.set_yscale("log")
         for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
@@ -198,14 +247,24 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
+    over_seeds = seeds_table(runs)
+    if over_seeds:
+        table += "\n" + over_seeds
     if differ:
         table += f"\nWarning: these runs differ in more than the matrix and the seeds: {described}.\n"
     out_dir = Path(out_dir)
     atomic.write_text(out_dir / TABLE, table)
 
     def series(key: str, runs_: list[Run]):
+        """One curve per run; a group of seeds is one mean curve with a min-max band."""
         result = []
-        for run in runs_:
+        for name, members in groups(runs_).items():
+            if len(members) > 1:
+                tokens, mean, low, high = _band_series(key, members)
+                if tokens:
+                    result.append((f"{name} (mean of {len(members)} seeds, band: min-max)", tokens, mean, low, high))
+                continue
+            run = members[0]
             points = [(m["tokens"], m[key]) for m in run.metrics if m.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
