@@ -60,16 +60,21 @@ def require(condition: bool, message: str) -> None:
         raise EmbeddingError(message)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the system can still give (``MemAvailable``), None where it is not known."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A ``KEY: N kB`` line of a Linux /proc file, in bytes; None where there is no such file or line."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``), None where it is not known."""
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def require_memory(needed: int, what: str, fix: str) -> None:
@@ -102,13 +107,9 @@ def unit_rows(matrix: np.ndarray, seed: int, empty: np.ndarray | None = None) ->
 
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far (Linux VmHWM; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
     import sys
 
