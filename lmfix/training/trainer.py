@@ -11,7 +11,7 @@ DistributedDataParallel averages the gradients; a frozen E is a buffer, so it
 is never synchronized. The loop reports through a callback (the CLI draws the
 progress bar) and writes files only on rank 0.
 
-One file on purpose (~450 lines): the step, the validation/lr schedule and the
+One file on purpose (~500 lines): the step, the validation/lr schedule and the
 checkpoint state all read and write the ``Trainer``'s progress fields, and the
 loop reads top to bottom (``run`` -> ``_loop`` -> ``train_step``). Processes and
 signals are in ``distributed``, results in ``results``, the run directory in ``rundir``.
