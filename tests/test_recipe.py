@@ -153,3 +153,18 @@ def test_bad_seeds_are_refused(tmp_path: Path, seeds: str):
     (tmp_path / "a.toml").write_text('[train]\nembed = "learned"\n')
     with pytest.raises(RecipeError, match="seeds must be a list of distinct integers"):
         load_recipe(tmp_path)
+
+
+def test_a_finished_run_is_adopted_when_its_artifact_sits_in_another_cache(tmp_path: Path, tiny_corpus_dir: Path,
+                                                                           monkeypatch):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "recipe.toml").write_text(
+        f'[recipe]\nvariants = ["truncated"]\n[train]\ncorpus = "{tiny_corpus_dir}"\nemsize = 16\nnhid = 16\n'
+        'batch_size = 4\neval_batch_size = 4\nbptt = 10\nmax_tokens = 200\n')
+    (folder / "truncated.toml").write_text('[train]\nembed = "hadamard"\n[embeddings]\nlayout = "truncated"\n')
+    run_recipe(load_recipe(folder), output=tmp_path / "out")
+    monkeypatch.setenv("LMFIX_CACHE", str(tmp_path / "another-machine"))  # the artifact is rebuilt elsewhere
+    events = []
+    run_recipe(load_recipe(folder), output=tmp_path / "out", on_event=events.append)
+    assert [e.kind for e in events] == ["skip"]

@@ -176,13 +176,14 @@ def run_recipe(
         run_dir = out / name
         run_dirs.append(run_dir)
         config = recipe.config(variant, {**seeded, **(overrides or {})})
+        artifact_id = None
         if variant.embeddings:  # builder options beyond the defaults: train on that artifact
             corpus = load_corpus(config)
             art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
-            config = replace(config, embeddings=str(art.path))
+            config, artifact_id = replace(config, embeddings=str(art.path)), art.id
         finished = (run_dir / checkpoint.SUMMARY).is_file()
         if finished:
-            _check_same_config(run_dir, config)
+            _check_same_config(run_dir, config, artifact_id)
             on_event(RecipeEvent("skip", name, f"finished earlier ({run_dir})"))
         else:
             resume = (run_dir / checkpoint.LAST).is_file()
@@ -200,9 +201,13 @@ def run_recipe(
     return RecipeResult(report, table, plots, run_dirs)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    """A finished run counts for the recipe only if it was trained with exactly this config."""
+def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | None = None) -> None:
+    """A finished run counts for the recipe only if it was trained with exactly this config; an artifact
+    found at another path (another machine's cache) counts as the same if its id (content hash) is."""
     differences = TrainConfig.load(run_dir).differences(config)
+    trained = (checkpoint.read_json(run_dir / checkpoint.SUMMARY) or {}).get("embedding") or {}
+    if "embeddings" in differences and artifact_id is not None and trained.get("id") == artifact_id:
+        del differences["embeddings"]
     if differences:
         name, (saved, wanted) = next(iter(differences.items()))
         raise RecipeError(
