@@ -101,17 +101,17 @@ def test_torchrun_starts_several_new_runs_in_a_row(tiny_corpus_dir: Path, tmp_pa
         assert summary["world_size"] == 2 and summary["tokens"] >= 200
 
 
-# Each rank started by hand (what torchrun does), with the directory check holding its temporary file
-# for 3 s: under the old start every rank checked, so one rank's file made the other refuse.
+# Each rank started by hand (what torchrun does), with the claim of the run directory held for 3 s after it
+# created the directory and its lock file: a start where every rank checked the directory would see that
+# rank's files and refuse (as the old start did with its temporary write-test file).
 CONTENDED_RANK = """
-import sys, tempfile, time
-import lmfix.training.rundir
-real = tempfile.NamedTemporaryFile
-class Slow:
-    def __init__(self, *args, **kwargs): self.file = real(*args, **kwargs)
-    def __enter__(self): time.sleep(3); return self.file.__enter__()
-    def __exit__(self, *exc): return self.file.__exit__(*exc)
-lmfix.training.rundir.tempfile.NamedTemporaryFile = Slow
+import sys, time
+import lmfix.training.trainer as trainer
+real = trainer._claim
+def slow(*args):
+    real(*args)
+    time.sleep(3)
+trainer._claim = slow
 from lmfix.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -127,3 +127,18 @@ def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
 def test_unknown_precision_flag_is_one_line(tiny_corpus_dir, tmp_path, capsys):
     code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, tmp_path), "--precision", "fp8"], capsys)
     assert_one_line_error(code, err, "--precision", "fp8")
+
+
+def test_a_learned_e_is_rounded_to_bf16_once_per_change_not_per_call():
+    head = LearnedHead(300, 16)
+    head.use_operands(torch.bfloat16)
+    x, y = torch.randn(8, 16), torch.randint(0, 300, (8,))
+    with torch.no_grad():  # evaluation: many calls, one rounding
+        head.loss(x, y)
+        first = head.operand_weight()
+        head.loss(x, y)
+        assert head.operand_weight() is first
+    head.loss(x, y).backward()
+    torch.optim.SGD(head.parameters(), lr=1.0).step()  # a training step changes E: a fresh copy
+    assert head.operand_weight() is not first
+    assert torch.equal(head.operand_weight(), head.weight.detach().bfloat16())

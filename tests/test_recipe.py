@@ -120,14 +120,22 @@ def test_finished_run_with_other_settings_is_not_reused(tmp_path: Path):
         run_recipe(recipe, output=out, overrides={"max_tokens": 3200})
 
 
-def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path, tiny_corpus_dir: Path):
-    folder = tmp_path / "seeded"
+def tiny_recipe(folder: Path, corpus_dir: Path, variants: dict[str, str], recipe_extra: str = "") -> Path:
+    """A recipe of tiny models on ``corpus_dir``: ``variants`` maps each name to its TOML file's text."""
     folder.mkdir()
+    names = ", ".join(f'"{name}"' for name in variants)
     (folder / "recipe.toml").write_text(
-        f'[recipe]\nvariants = ["learned", "orthogonal"]\nseeds = [3, 4]\n[train]\ncorpus = "{tiny_corpus_dir}"\n'
-        'emsize = 16\nnhid = 16\nbatch_size = 4\neval_batch_size = 4\nbptt = 10\nmax_tokens = 200\n')
-    (folder / "learned.toml").write_text('[train]\nembed = "learned"\n')
-    (folder / "orthogonal.toml").write_text('[train]\nembed = "orthogonal"\n')
+        f'[recipe]\nvariants = [{names}]\n{recipe_extra}[train]\ncorpus = "{corpus_dir}"\nemsize = 16\nnhid = 16\n'
+        'batch_size = 4\neval_batch_size = 4\nbptt = 10\nmax_tokens = 200\n')
+    for name, text in variants.items():
+        (folder / f"{name}.toml").write_text(text)
+    return folder
+
+
+def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path, tiny_corpus_dir: Path):
+    folder = tiny_recipe(tmp_path / "seeded", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n', "orthogonal": '[train]\nembed = "orthogonal"\n'},
+        "seeds = [3, 4]\n")
     recipe = load_recipe(folder)
     assert [name for name, _, _ in recipe.runs()] == [
         "learned-seed3", "learned-seed4", "orthogonal-seed3", "orthogonal-seed4"]
@@ -157,12 +165,8 @@ def test_bad_seeds_are_refused(tmp_path: Path, seeds: str):
 
 def test_a_finished_run_is_adopted_when_its_artifact_sits_in_another_cache(tmp_path: Path, tiny_corpus_dir: Path,
                                                                            monkeypatch):
-    folder = tmp_path / "r"
-    folder.mkdir()
-    (folder / "recipe.toml").write_text(
-        f'[recipe]\nvariants = ["truncated"]\n[train]\ncorpus = "{tiny_corpus_dir}"\nemsize = 16\nnhid = 16\n'
-        'batch_size = 4\neval_batch_size = 4\nbptt = 10\nmax_tokens = 200\n')
-    (folder / "truncated.toml").write_text('[train]\nembed = "hadamard"\n[embeddings]\nlayout = "truncated"\n')
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir,
+                         {"truncated": '[train]\nembed = "hadamard"\n[embeddings]\nlayout = "truncated"\n'})
     run_recipe(load_recipe(folder), output=tmp_path / "out")
     monkeypatch.setenv("LMFIX_CACHE", str(tmp_path / "another-machine"))  # the artifact is rebuilt elsewhere
     events = []

@@ -34,7 +34,7 @@ from lmfix.bench.memtrack import AllocationTracker
 from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
 from lmfix.ops.hadamard_loss import hadamard_cross_entropy
-from lmfix.ops.precision import DTYPES
+from lmfix.ops.precision import DTYPES, resolve_precisions
 
 DENSE_HEADS = ("dense", "dense-fused")
 HEADS = (*DENSE_HEADS, *LAYOUTS)
@@ -130,12 +130,9 @@ def run_head_bench(
     unknown = [name for name in layouts if name not in HEADS]
     if unknown:
         raise ValueError(f"unknown heads {unknown}; choose from {', '.join(HEADS)}")
-    unknown = [p for p in precisions if p not in DTYPES]
-    if unknown:
-        raise ValueError(f"unknown precision {unknown[0]!r}; choose from {', '.join(DTYPES)}")
     inputs = HeadBatch.random(vocab, dim, tokens, seed)
     results = []
-    for precision in precisions:
+    for precision in resolve_precisions(precisions, torch.device("cpu")):
         dtype = DTYPES[precision]
         rows = []
         for name in layouts:

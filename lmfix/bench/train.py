@@ -22,7 +22,7 @@ from torch import nn
 
 from lmfix.data.batching import BPTTStream, batchify
 from lmfix.ops import gemm
-from lmfix.ops.precision import resolve_precision
+from lmfix.ops.precision import resolve_precisions
 from lmfix.training.config import TrainConfig
 from lmfix.training.distributed import Dist
 from lmfix.training.trainer import Trainer
@@ -110,7 +110,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
 
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
-    precisions = tuple(dict.fromkeys(resolve_precision(p, torch.device("cpu")) for p in cfg.precisions))
+    precisions = resolve_precisions(cfg.precisions, torch.device("cpu"))
     from lmfix.training.setup import load_corpus
 
     corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
@@ -120,7 +120,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
         steppers = {}
         for name in cfg.variants:
             for precision in precisions:
-                key = name if precision == "fp32" else f"{name} {precision}"
+                key = _key(name, precision)
                 progress(f"building {key}")
                 if name == "plain":
                     data = batchify(corpus.train, cfg.batch_size)
@@ -147,19 +147,25 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     }
     speed = {name: r["median_tok_s"] for name, r in results.items()}
     ratios = {}
-    for suffix in ["" if p == "fp32" else f" {p}" for p in precisions]:
+    for precision in precisions:
         pairs = [("learned", "plain")] + [(fixed, "learned") for fixed in ("orthogonal", "hadamard")]
         for fast, base in pairs:
-            if fast + suffix in speed and base + suffix in speed:
-                ratios[f"{fast}{suffix} / {base}{suffix}"] = speed[fast + suffix] / speed[base + suffix]
+            if _key(fast, precision) in speed and _key(base, precision) in speed:
+                ratios[f"{_key(fast, precision)} / {_key(base, precision)}"] = (
+                    speed[_key(fast, precision)] / speed[_key(base, precision)])
     for name in cfg.variants:
-        for precision in precisions[1:] if precisions[0] == "fp32" else ():
-            ratios[f"{name} {precision} / {name} fp32"] = speed[f"{name} {precision}"] / speed[name]
+        for precision in (p for p in precisions if p != "fp32" and "fp32" in precisions):
+            ratios[f"{_key(name, precision)} / {name} fp32"] = speed[_key(name, precision)] / speed[name]
     return {
         "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend,
         "variants": results, "ratios": ratios,
     }
+
+
+def _key(variant: str, precision: str) -> str:
+    """Row name: the variant, with the precision when it is not fp32 (``learned bf16``)."""
+    return variant if precision == "fp32" else f"{variant} {precision}"
 
 
 def _tok_s(cfg: BenchTrainConfig, seconds: list[float]) -> float:

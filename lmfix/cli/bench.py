@@ -23,20 +23,16 @@ def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
                    help="comma-separated heads; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss")
     p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
     p.add_argument("--precision", default="fp32,bf16",
-                   help="comma-separated precisions, each head timed in each (default: fp32,bf16)")
+                   help="comma-separated precisions (fp32, bf16, auto), each head timed in each (default: fp32,bf16)")
     p.set_defaults(func=cmd_bench_head)
 
 
 def cmd_bench_head(args: argparse.Namespace) -> None:
-    import torch
-
     from lmfix.bench.head import format_head_table, run_head_bench
-    from lmfix.ops.precision import resolve_precision
 
-    precisions = [resolve_precision(p, torch.device("cpu")) for p in args.precision.split(",")]
     try:
         results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, args.layouts.split(","),
-                                 max_matrix_gb=args.max_matrix_gb, precisions=list(dict.fromkeys(precisions)))
+                                 max_matrix_gb=args.max_matrix_gb, precisions=args.precision.split(","))
     except ValueError as exc:  # unknown head names, sizes a layout cannot serve
         raise LmfixError(str(exc)) from exc
     print(format_head_table(results))

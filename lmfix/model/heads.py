@@ -96,6 +96,7 @@ class LearnedHead(Head):
         self.weight = nn.Parameter(torch.empty(vocab_size, dim).uniform_(-init_range, init_range))
         self.out_weight = None if tied else nn.Parameter(torch.empty(vocab_size, dim).uniform_(-init_range, init_range))
         self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self._rounded: tuple[tuple, torch.Tensor | None] = ((), None)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         # Tied: a sparse gradient for the looked-up rows is added into the classifier's dense
@@ -105,17 +106,30 @@ class LearnedHead(Head):
     def classifier(self) -> torch.Tensor:
         return self.weight if self.out_weight is None else self.out_weight
 
+    def operand_weight(self) -> torch.Tensor:
+        """The classifier in the operand dtype: rounded once per change of the weights (once per training
+        step, once for a whole evaluation), not once per call."""
+        w = self.classifier()
+        if self.operands == w.dtype:
+            return w
+        key = (w.data_ptr(), w._version, self.operands)
+        if self._rounded[0] != key:
+            self._rounded = key, w.detach().to(self.operands)
+        return self._rounded[1]
+
     def loss(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if reduction == "none":
             return super().loss(x, target, reduction)
-        return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction,
+        low = self.operand_weight()
+        packed = None if low is self.classifier() else (low, low.t())
+        return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction, packed=packed,
                                    operands=self.operands)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.classifier()
-        if self.operands == w.dtype:
+        w = self.operand_weight()
+        if w is self.classifier():
             return linear(x, w, self.bias)
-        return linear(x.to(self.operands), w.to(self.operands)).float() + self.bias
+        return linear(x.to(self.operands), w).float() + self.bias
 
 
 class ScaledHead(Head):

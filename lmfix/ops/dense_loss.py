@@ -16,7 +16,7 @@ With ``operands=torch.bfloat16`` the three products take bf16 operands (x, W and
 G rounded once per chunk; float32 accumulation inside the GEMM) while the
 bias, log-sum-exp, softmax, loss and every returned gradient stay float32. A
 frozen W can be passed already in bf16 (stored once, half the memory); a
-learned float32 W is rounded once per call.
+learned float32 W comes with its bf16 copy in ``packed`` (or is rounded here).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def dense_cross_entropy(
 ) -> torch.Tensor:
     """Mean or summed cross entropy of ``scale * x @ weight.T + bias`` against ``target`` (N,).
 
-    ``packed``: ``weight`` and ``weight.T`` from ``gemm.pack`` (a frozen weight only) for the two products.
+    ``packed``: the operand forms of ``weight`` and ``weight.T`` for the two products: from ``gemm.pack``
+    for a frozen weight, or a learned weight's bf16 copy (its gradient still goes to ``weight``).
     ``operands``: dtype of the GEMM operands (float32, or bfloat16 with float32 softmax and gradients).
     """
     if reduction not in ("mean", "sum"):

@@ -15,6 +15,7 @@ them bf16 is emulated and slower than float32.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -63,3 +64,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
         raise LmfixError(f"--precision bf16: {device} has no bf16 kernels (a CPU needs AVX-512; a GPU "
                          "Ampere or newer); use --precision fp32 (or auto)")
     return name
+
+
+def resolve_precisions(names: Sequence[str], device: torch.device) -> tuple[str, ...]:
+    """Each of ``names`` resolved, duplicates dropped (``fp32,auto`` on a bf16 machine: fp32, bf16)."""
+    return tuple(dict.fromkeys(resolve_precision(name, device) for name in names))

@@ -179,15 +179,16 @@ class TrainConfig:
         unknown = sorted(set(data) - set(types))
         if unknown:
             raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; see lmfix train --help")
+        values = {}
         for key, value in data.items():
             want = types[key]
-            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
             if want is float and isinstance(value, int) and not isinstance(value, bool):
-                ok, data = True, {**data, key: float(value)}
-            if not ok:
+                value = float(value)  # TOML's 20 for a float setting
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise ConfigError(f"training setting {key} = {value!r} should be {want.__name__} "
                                   f"(like {getattr(cls, key)!r})")
-        return cls(**data)
+            values[key] = value
+        return cls(**values)
 
     def to_toml(self) -> str:
         return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())

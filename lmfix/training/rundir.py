@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,14 +38,19 @@ def is_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG_FILE).is_file()
 
 
+def _unwritable(run_dir: Path, exc: OSError) -> LmfixError:
+    return LmfixError(f"cannot write to run directory {run_dir}: {exc.strerror}; choose another --runs-dir")
+
+
 @contextlib.contextmanager
 def claimed(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock (creating the directory); a second writer gets a one-line error naming the first."""
+    """Hold ``run_dir``'s lock (creating the directory, which proves it writable); a second writer gets a
+    one-line error naming the first."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise LmfixError(f"cannot write to run directory {run_dir}: {exc.strerror}; choose another --runs-dir") from exc
+        raise _unwritable(run_dir, exc) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,16 +58,19 @@ def claimed(run_dir: Path) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise ConfigError(f"{run_dir} is being written by another lmfix process (PID {holder}); wait for it "
                               "to finish, or pick another --name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a full disk while writing the PID
+            raise _unwritable(run_dir, exc) from exc
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
 def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a run name (``overwrite`` replaces only lmfix runs) and fail early if unwritable."""
-    used = run_dir.exists() and any(p.name not in (LOCK, PREVIOUS) for p in run_dir.iterdir())
+    """Refuse to reuse a run name (``overwrite`` replaces only lmfix runs); only looks, writes nothing."""
+    used = run_dir.is_dir() and any(p.name not in (LOCK, PREVIOUS) for p in run_dir.iterdir())
     if used and not is_run(run_dir):
         raise ConfigError(f"{run_dir} exists and is not an lmfix run (no {CONFIG_FILE}); lmfix only replaces its "
                           "own runs: pick another --name or --runs-dir")
@@ -72,12 +79,6 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"{run_dir} already exists: continue it with --resume {run_dir}, replace it with --overwrite, "
             f"or pick another --name"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test"):
-            pass
-    except OSError as exc:
-        raise LmfixError(f"cannot write to run directory {run_dir}: {exc.strerror}; choose another --runs-dir") from exc
 
 
 def set_aside(run_dir: Path) -> None:
