@@ -163,13 +163,16 @@ RECIPE_TOML = '[recipe]\nname = "r"\nvariants = ["learned"]\n'
     (RECIPE_TOML, "[train]\nemsize = 1.5\n", "emsize = 1.5 should be int"),
     (RECIPE_TOML, "[train]\nverify = 1\n", "verify = 1 should be bool"),
     (RECIPE_TOML, "[trian]\n", "unknown section(s) trian"),
+    (RECIPE_TOML, "seeds = 1\n[train]\n", "learned.toml: seeds must be a list of distinct integers"),
+    (RECIPE_TOML + "seeds = [1, 2]\n", "[train]\n", "recipe r has no seed 9; its seeds: 1, 2"),
+    (RECIPE_TOML, "[train]\n", "recipe r has no seed 9; its seeds: none"),
 ])
 def test_recipe_mistakes_are_named(tmp_path, capsys, recipe, variant, message):
     folder = tmp_path / "r"
     folder.mkdir()
     (folder / "recipe.toml").write_text(recipe)
     (folder / "learned.toml").write_text(variant)
-    code, _, err = run_cli(["run", str(folder)], capsys)
+    code, _, err = run_cli(["run", str(folder), "--seeds", "9"], capsys)
     assert_one_line_error(code, err, message)
 
 

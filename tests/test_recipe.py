@@ -137,8 +137,8 @@ def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path,
         "learned": '[train]\nembed = "learned"\n', "orthogonal": '[train]\nembed = "orthogonal"\n'},
         "seeds = [3, 4]\n")
     recipe = load_recipe(folder)
-    assert [name for name, _, _ in recipe.runs()] == [
-        "learned-seed3", "learned-seed4", "orthogonal-seed3", "orthogonal-seed4"]
+    assert [name for name, _, _ in recipe.runs()] == [  # seed-major: a complete comparison first
+        "learned-seed3", "orthogonal-seed3", "learned-seed4", "orthogonal-seed4"]
     events = []
     result = run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
     assert [d.name for d in result.run_dirs] == [name for name, _, _ in recipe.runs()]
@@ -153,6 +153,22 @@ def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path,
     events.clear()
     run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
     assert [e.kind for e in events] == ["skip"] * 4
+
+
+def test_a_variant_sets_its_own_seeds_and_runs_can_be_restricted_to_seeds(tmp_path: Path, tiny_corpus_dir: Path):
+    folder = tiny_recipe(tmp_path / "seeded", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n', "orthogonal": 'seeds = [2]\n[train]\nembed = "orthogonal"\n'},
+        "seeds = [1, 2, 3]\n")
+    recipe = load_recipe(folder)
+    assert [name for name, _, _ in recipe.runs()] == [
+        "learned-seed1", "learned-seed2", "orthogonal-seed2", "learned-seed3"]
+    assert [name for name, _, _ in recipe.select_seeds([2]).runs()] == ["learned-seed2", "orthogonal-seed2"]
+    assert [name for name, _, _ in recipe.select_seeds([3]).runs()] == ["learned-seed3"]
+    with pytest.raises(RecipeError, match="has no seed 7; its seeds: 1, 2, 3"):
+        recipe.select_seeds([7])
+    (folder / "orthogonal.toml").write_text('seeds = [2, 2]\n[train]\nembed = "orthogonal"\n')
+    with pytest.raises(RecipeError, match="orthogonal.toml: seeds must be a list of distinct integers"):
+        load_recipe(folder)
 
 
 @pytest.mark.parametrize("seeds", ["[1, 1]", "[-1]", '["a"]', "3"])

@@ -17,6 +17,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("recipe", help="a recipe directory (recipes/wt2-cpu) or one variant file in it")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="run only these seeds of a seeded recipe (e.g. --seeds 1: one full comparison first)")
     p.add_argument("--output", help="output directory (default: the recipe's, e.g. runs/wt2-cpu)")
     p.add_argument("--max-tokens", type=count, help="override every variant's training-token budget")
     p.add_argument("--device", help="override the device (auto, cpu, cuda)")
@@ -48,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from lmfix.recipes.runner import load_recipe
 
-    recipe = load_recipe(args.recipe).select(args.only)
+    recipe = load_recipe(args.recipe).select(args.only).select_seeds(args.seeds)
     overrides = {k: v for k, v in (("max_tokens", args.max_tokens), ("device", args.device)) if v is not None}
     _run_recipe(recipe, overrides, Path(args.output) if args.output else None, not args.no_progress)
 

@@ -35,6 +35,8 @@ class Variant:
     description: str
     train: dict
     embeddings: dict = field(default_factory=dict)
+    # VARIANT.toml's own ``seeds = [...]`` (e.g. 3 seeds for the baselines, 1 for the rest); None: the recipe's
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,19 @@ class Recipe:
     # directories VARIANT-seedN; empty: one run per variant, named VARIANT, with [train]'s seeds.
     seeds: tuple[int, ...] = ()
 
+    def variant_seeds(self, variant: Variant) -> tuple[int, ...]:
+        return self.seeds if variant.seeds is None else variant.seeds
+
     def runs(self) -> list[tuple[str, Variant, dict]]:
-        """(run name, variant, seed overrides) for every run the recipe asks for, variant-major."""
-        if not self.seeds:
-            return [(v.name, v, {}) for v in self.variants]
-        return [(f"{v.name}-seed{s}", v, {"seed": s, "embed_seed": s}) for v in self.variants for s in self.seeds]
+        """(run name, variant, seed overrides) for every run the recipe asks for.
+
+        Seed-major (every variant's first seed, then the second...), so that an interrupted
+        recipe already holds a complete comparison; variants without seeds run once, first.
+        """
+        unseeded = [(v.name, v, {}) for v in self.variants if not self.variant_seeds(v)]
+        order = list(dict.fromkeys(s for v in self.variants for s in sorted(self.variant_seeds(v))))
+        return unseeded + [(f"{v.name}-seed{s}", v, {"seed": s, "embed_seed": s})
+                           for s in order for v in self.variants if s in self.variant_seeds(v)]
 
     def select(self, only: list[str] | None) -> Recipe:
         """The recipe restricted to the variants named in ``only`` (in recipe order)."""
@@ -65,6 +75,18 @@ class Recipe:
         if unknown:
             raise RecipeError(f"recipe {self.name} has no variant {unknown[0]!r}; its variants: {', '.join(known)}")
         return replace(self, variants=tuple(v for v in self.variants if v.name in only))
+
+    def select_seeds(self, seeds: list[int] | None) -> Recipe:
+        """The recipe restricted to the runs of these seeds (``lmfix run --seeds 1``: one full comparison first)."""
+        if not seeds:
+            return self
+        known = sorted({s for v in self.variants for s in self.variant_seeds(v)})
+        unknown = [s for s in seeds if s not in known]
+        if unknown:
+            raise RecipeError(f"recipe {self.name} has no seed {unknown[0]}; its seeds: "
+                              f"{', '.join(map(str, known)) or 'none (set seeds = [...] in recipe.toml)'}")
+        keep = tuple(replace(v, seeds=tuple(s for s in self.variant_seeds(v) if s in seeds)) for v in self.variants)
+        return replace(self, variants=tuple(v for v in keep if v.seeds))
 
     def config(self, variant: Variant, overrides: dict | None = None) -> TrainConfig:
         """The variant's ``TrainConfig``: recipe defaults, then the variant's, then ``overrides``."""
@@ -116,10 +138,12 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     variants = []
     for name in names:
         data = _read_toml(path / f"{name}.toml")
-        unknown = sorted(set(data) - {"description", "train", "embeddings"})
+        unknown = sorted(set(data) - {"description", "train", "embeddings", "seeds"})
         if unknown:
             raise RecipeError(f"{path / f'{name}.toml'}: unknown section(s) {', '.join(unknown)}")
-        variants.append(Variant(name, data.get("description", ""), data.get("train", {}), data.get("embeddings", {})))
+        seeds = _seeds(path / f"{name}.toml", data["seeds"]) if "seeds" in data else None
+        variants.append(Variant(name, data.get("description", ""), data.get("train", {}), data.get("embeddings", {}),
+                                seeds))
     recipe = Recipe(
         name=meta.get("name", path.name),
         description=meta.get("description", ""),
