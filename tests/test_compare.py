@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmfix.analysis.compare import compare_runs
+import numpy as np
+
+from lmfix.analysis.compare import Run, compare_runs, gap_series
 from lmfix.analysis.evaluate import evaluate_run
 from lmfix.cli import main
 from lmfix.training.trainer import train
@@ -31,7 +33,7 @@ def test_compare_table_and_plots(tiny_corpus_dir: Path, tmp_path: Path, capsys):
     assert rows["orthogonal"][col["stored"]] != rows["orthogonal"][col["trainable"]]
     assert rows["hadamard"][col["test ppl"]] == "—" and rows["orthogonal"][col["Δ test"]].endswith("%")
     assert "relative to the learned tied run learned" in table
-    assert [p.name for p in plots] == ["valid_ppl.png", "alpha.png"]
+    assert [p.name for p in plots] == ["valid_ppl.png", "alpha.png", "gap.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert (tmp_path / "out" / "compare.md").read_text() == table
 
@@ -61,3 +63,21 @@ def test_compare_refuses_runs_of_different_settings_unless_mixed(tiny_corpus_dir
     # another matrix, its seeds and a fixed head's own options are what a comparison is about
     assert main(["compare", str(small), str(seed2)]) == 0
     assert "Warning" not in capsys.readouterr().out
+
+
+def test_gap_curves_pair_each_seed_with_the_learned_run_of_that_seed(tiny_corpus_dir: Path):
+    def run(name: str, embed: str, seed: int, curve: dict[int, float]) -> Run:
+        metrics = [{"tokens": t, "valid_ppl": v} for t, v in curve.items()] + [{"tokens": 999, "valid_ppl": None}]
+        return Run(Path(name), tiny_config(tiny_corpus_dir, embed=embed, seed=seed), {}, {}, metrics)
+
+    runs = [run("learned-seed1", "learned", 1, {100: 200.0, 200: 100.0}),
+            run("learned-seed2", "learned", 2, {100: 400.0, 200: 200.0}),
+            run("pmi-seed1", "pmi", 1, {100: 220.0, 200: 90.0}),
+            run("pmi-seed2", "pmi", 2, {100: 480.0, 200: 200.0, 300: 150.0}),
+            run("hadamard-seed2", "hadamard", 2, {100: 200.0, 200: 300.0})]
+    pmi, hadamard = gap_series(runs)
+    # pmi: seed 1 +10% then -10%, seed 2 +20% then 0%; only the token counts both seeds logged
+    assert pmi[0] == "pmi (mean of 2 seeds, band: min-max)" and pmi[1] == [100, 200]
+    assert np.allclose(pmi[2:], [[15.0, -5.0], [10.0, -10.0], [20.0, 0.0]])
+    assert hadamard[:2] == ("hadamard", [100, 200]) and np.allclose(hadamard[2], [-50.0, 50.0]) and len(hadamard) == 3
+    assert gap_series([r for r in runs if r.config.embed != "learned"]) == []  # no baseline, no gap

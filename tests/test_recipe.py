@@ -188,3 +188,41 @@ def test_a_finished_run_is_adopted_when_its_artifact_sits_in_another_cache(tmp_p
     events = []
     run_recipe(load_recipe(folder), output=tmp_path / "out", on_event=events.append)
     assert [e.kind for e in events] == ["skip"]
+
+
+def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_path: Path, tiny_corpus_dir: Path):
+    from lmfix.recipes.runner import RECORD_FILES
+
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n', "hadamard": 'seeds = [1]\n[train]\nembed = "hadamard"\n'},
+        "seeds = [1, 2]\n")
+    first = run_recipe(load_recipe(folder).select_seeds([1]), output=tmp_path / "machine-a")
+    results = folder / "results"
+    assert sorted(p.name for p in results.iterdir() if p.is_dir()) == ["hadamard-seed1", "learned-seed1"]
+    assert all(sorted(p.name for p in (results / run).iterdir()) == sorted(RECORD_FILES)
+               for run in ("hadamard-seed1", "learned-seed1"))  # never a checkpoint
+    assert first.report == results / "report.md" and "| hadamard |" in first.report.read_text()
+
+    # Another machine, nothing trained there: the committed records stand, only seed 2 trains.
+    events = []
+    second = run_recipe(load_recipe(folder), output=tmp_path / "machine-b", on_event=events.append)
+    assert [(e.kind, e.variant) for e in events if e.kind != "evaluate"] == [
+        ("adopt", "learned-seed1"), ("adopt", "hadamard-seed1"), ("train", "learned-seed2")]
+    assert not (tmp_path / "machine-b" / "learned-seed1").exists()
+    assert "| learned | learned | 1, 2 |" in second.table and "| hadamard |" in second.table
+
+    # A report of one selected run still shows every committed record.
+    third = run_recipe(load_recipe(folder).select(["hadamard"]), output=tmp_path / "machine-c")
+    assert "| learned | learned | 1, 2 |" in third.table
+
+    # A record trained with other settings than the recipe now asks for is not adopted.
+    (folder / "recipe.toml").write_text((folder / "recipe.toml").read_text().replace("nhid = 16", "nhid = 12"))
+    with pytest.raises(RecipeError, match="learned-seed1 was trained with nhid = 16, the recipe asks for 12"):
+        run_recipe(load_recipe(folder), output=tmp_path / "machine-d")
+
+
+def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Path, tiny_corpus_dir: Path):
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {"learned": '[train]\nembed = "learned"\n'})
+    before = sorted(p.name for p in folder.iterdir())
+    result = run_recipe(load_recipe(folder), output=tmp_path / "out", overrides={"max_tokens": 100})
+    assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"

@@ -3,8 +3,9 @@
 The table is what the paper's claims are checked with: trainable vs stored vs
 total parameters (a fixed E is stored but not trained; a Hadamard E is not
 even stored), perplexity and its change versus the learned tied run, speed.
-Plots: validation perplexity against tokens seen (all runs) and alpha over
-training for the fixed runs (the paper's Figure 1).
+Plots: validation perplexity against tokens seen (all runs), alpha over
+training for the fixed runs (the paper's Figure 1), and how far each variant's
+validation perplexity is from the learned tied run's as training goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ HEAD_OPTIONS = ("alpha", "fix_alpha", "normalize")  # only a fixed head reads th
 TABLE = "compare.md"
 VALID_PLOT = "valid_ppl.png"
 ALPHA_PLOT = "alpha.png"
+GAP_PLOT = "gap.png"
 
 
 @dataclass
@@ -173,15 +175,43 @@ def seeds_table(runs: list[Run]) -> str | None:
     return "\n".join(lines + notes) + "\n"
 
 
-def _band_series(key: str, members: list[Run]) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(tokens, mean, min, max) of ``key`` at the token counts every run of the group logged."""
-    curves = [{m["tokens"]: m[key] for m in run.metrics if m.get(key) is not None} for run in members]
+def _band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(tokens, mean, min, max) over ``curves`` ({tokens: value}) at the token counts every curve has."""
     tokens = sorted(set.intersection(*(set(c) for c in curves)))
     values = [[c[t] for c in curves] for t in tokens]
     return tokens, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def _plot(out: Path, title: str, ylabel: str, series: list[tuple], log_y: bool) -> Path:
+def _curve(run: Run, key: str) -> dict[int, float]:
+    return {m["tokens"]: m[key] for m in run.metrics if m.get(key) is not None}
+
+
+def gap_series(runs: list[Run]) -> list[tuple]:
+    """Per group, the validation perplexity's change (%) against the learned tied run of the same seed, at
+    every token count both logged: mean over the shared seeds, with a min-max band when there are several."""
+    grouped = groups(runs)
+    base = next((m for m in grouped.values() if all(r.config.embed == "learned" for r in m)), None)
+    if base is None:
+        return []
+    base_curves = {r.config.seed: _curve(r, "valid_ppl") for r in base}
+    result = []
+    for name, members in grouped.items():
+        if members is base:
+            continue
+        gaps = []  # one {tokens: change} per seed shared with the baseline
+        for run in members:
+            mine, theirs = _curve(run, "valid_ppl"), base_curves.get(run.config.seed, {})
+            gaps.append({t: 100 * (mine[t] / theirs[t] - 1) for t in mine.keys() & theirs.keys()})
+        gaps = [g for g in gaps if g]
+        if gaps:
+            tokens, mean, low, high = _band(gaps)
+            several = len(gaps) > 1
+            label = f"{name} (mean of {len(gaps)} seeds, band: min-max)" if several else name
+            result.append((label, tokens, mean, low, high) if several else (label, tokens, mean))
+    return result
+
+
+def _plot(out: Path, title: str, ylabel: str, series: list[tuple], log_y: bool, zero_line: bool = False) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,6 +229,8 @@ def _plot(out: Path, title: str, ylabel: str, series: list[tuple], log_y: bool) 
             formatter = ScalarFormatter()
             formatter.set_scientific(False)
             set_formatter(formatter)
+    if zero_line:
+        ax.axhline(0, color="black", linewidth=0.8)
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.2M
     ax.set_xlabel("training tokens seen")
     ax.set_ylabel(ylabel)
@@ -260,7 +292,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
         result = []
         for name, members in groups(runs_).items():
             if len(members) > 1:
-                tokens, mean, low, high = _band_series(key, members)
+                tokens, mean, low, high = _band([_curve(r, key) for r in members])
                 if tokens:
                     result.append((f"{name} (mean of {len(members)} seeds, band: min-max)", tokens, mean, low, high))
                 continue
@@ -277,4 +309,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
     alpha = series("alpha", fixed)
     if alpha:
         plots.append(_plot(out_dir / ALPHA_PLOT, "Learned scale alpha of the fixed classifier", "alpha", alpha, False))
+    gaps = gap_series(runs)
+    if gaps:
+        plots.append(_plot(out_dir / GAP_PLOT, "Validation perplexity against the learned tied run (same seed)",
+                           "change in valid perplexity (%)", gaps, False, zero_line=True))
     return table, plots

@@ -12,8 +12,10 @@ from lmfix.cli.progress import TrainProgress
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run", help="run a recipe: corpus, embeddings, every variant's training and evaluation, report",
-        description="Finished variants are skipped, interrupted ones resumed; the report (report.md, "
-        "compare.md, plots) goes to the recipe's output directory.",
+        description="Finished runs are skipped, interrupted ones resumed. Run as written (no --max-tokens or "
+        "--device), each finished run's record (config, metrics, summary, evaluation; no checkpoint) is kept in "
+        "the recipe's results/ folder with the report (report.md, compare.md, plots), and records found there "
+        "are adopted instead of trained again: commit them.",
     )
     p.add_argument("recipe", help="a recipe directory (recipes/wt2-cpu) or one variant file in it")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
@@ -26,7 +28,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def _run_recipe(recipe, overrides: dict, output, progress: bool) -> None:
+def _run_recipe(recipe, overrides: dict, output, progress: bool, keep_results: bool = True) -> None:
     """Run ``recipe`` printing its steps, then the table and where the report is."""
     from lmfix.recipes.runner import run_recipe
 
@@ -36,7 +38,8 @@ def _run_recipe(recipe, overrides: dict, output, progress: bool) -> None:
         print(f"[{recipe.name}/{event.variant}] {event.kind} {event.detail}", file=sys.stderr)
 
     try:
-        result = run_recipe(recipe, output=output, overrides=overrides, on_event=on_event, train_callback=bar)
+        result = run_recipe(recipe, output=output, overrides=overrides, on_event=on_event, train_callback=bar,
+                            keep_results=keep_results)
     finally:
         bar.close()
     print(result.table)
@@ -62,7 +65,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from lmfix.recipes.runner import demo_recipe
+    from lmfix.recipes.runner import DEMO_ANSWER, demo_recipe
 
     recipe, overrides, output, missing = demo_recipe()
     if missing:
@@ -71,8 +74,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
     else:
         names = ", ".join(v.name for v in recipe.variants)
         print(f"lmfix demo: {recipe.name} recipe, variants {names}, {overrides['max_tokens']:,} training "
-              f"tokens each (the full comparison: lmfix run recipes/wt2-cpu)", file=sys.stderr)
-    _run_recipe(recipe, overrides, output, not args.no_progress)
+              f"tokens each, then the committed results of recipes/{DEMO_ANSWER.name}", file=sys.stderr)
+    _run_recipe(recipe, overrides, output, not args.no_progress, keep_results=False)
+    budget = recipe.config(recipe.variants[0], overrides).max_tokens
+    _print_committed(DEMO_ANSWER, f"the {recipe.name} recipe, {budget:,} tokens per variant")
+
+
+def _print_committed(recipe_dir, live: str) -> None:
+    """The committed results of a real-budget recipe, labelled as such (the demo's live run is far shorter)."""
+    from lmfix.analysis.compare import TABLE
+    from lmfix.recipes.runner import RESULTS, load_recipe
+
+    recipe = load_recipe(recipe_dir)
+    table = recipe.results / TABLE
+    rule = "=" * 100
+    print(f"\n{rule}\nAbove: the live demo, {live} (minutes: far from converged).\n"
+          f"Below: the committed results of {recipe.name} ({recipe.description}),\n"
+          f"trained earlier with `lmfix run recipes/{recipe_dir.name}`, not now.\n{rule}")
+    if not table.is_file():
+        print(f"(no committed results yet in recipes/{recipe_dir.name}/{RESULTS}/)")
+        return
+    print(table.read_text(encoding="utf-8").rstrip())
+    for plot in sorted(recipe.results.glob("*.png")):
+        print(f"plot:   {plot.relative_to(recipe_dir.parent.parent)}")
+    print(f"report: recipes/{recipe_dir.name}/{RESULTS}/report.md")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

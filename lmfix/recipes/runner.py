@@ -6,6 +6,12 @@ and one ``VARIANT.toml`` per variant (its ``[train]`` overrides and, for a fixed
 matrix, ``[embeddings]`` builder options). Running a recipe prepares the corpus,
 builds or reuses the embedding artifacts, trains each variant (skipping finished
 runs, resuming interrupted ones), evaluates, and writes ``report.md`` and plots.
+
+A recipe run as written (no overrides) also keeps each finished run's record,
+its config, metrics, summary and evaluation but never a checkpoint, under the
+recipe's ``results/RUN/``, and writes the report there. Those records are
+committed with the recipe: on another machine ``lmfix run`` adopts them and
+trains only the runs that are missing.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from pathlib import Path
 from lmfix import atomic
 from lmfix.errors import LmfixError
 from lmfix.training import checkpoint
-from lmfix.training.config import TrainConfig
+from lmfix.training.config import CONFIG_FILE, TrainConfig
 
 RECIPE_FILE = "recipe.toml"
 REPORT = "report.md"
+RESULTS = "results"
+# What a committed record of a finished run holds: enough to compare and plot it, never a checkpoint.
+RECORD_FILES = (CONFIG_FILE, checkpoint.METRICS, checkpoint.SUMMARY, checkpoint.EVAL)
 
 
 class RecipeError(LmfixError):
@@ -51,6 +60,13 @@ class Recipe:
     # [recipe] seeds = [...]: every variant once per seed (run and embedding seed alike), run
     # directories VARIANT-seedN; empty: one run per variant, named VARIANT, with [train]'s seeds.
     seeds: tuple[int, ...] = ()
+    # every run name of the recipe as loaded, kept through select(): the report shows every committed record
+    everything: tuple[str, ...] = ()
+
+    @property
+    def results(self) -> Path:
+        """Where the committed records of finished runs and the report live."""
+        return self.path / RESULTS
 
     def variant_seeds(self, variant: Variant) -> tuple[int, ...]:
         return self.seeds if variant.seeds is None else variant.seeds
@@ -154,6 +170,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         evaluate=raw.get("evaluate", {}),
         seeds=_seeds(path / RECIPE_FILE, meta.get("seeds", [])),
     )
+    recipe = replace(recipe, everything=tuple(name for name, _, _ in recipe.runs()))
     for variant in recipe.variants:  # fail on a bad setting before hours of training, not after
         try:
             recipe.config(variant)
@@ -164,7 +181,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 @dataclass
 class RecipeEvent:
-    """Progress of ``run_recipe``: ``skip``, ``train``, ``resume`` or ``evaluate`` a variant."""
+    """Progress of ``run_recipe``: ``adopt``, ``skip``, ``train``, ``resume`` or ``evaluate`` a run."""
 
     kind: str
     variant: str
@@ -186,8 +203,15 @@ def run_recipe(
     overrides: dict | None = None,
     on_event: Callable[[RecipeEvent], None] = lambda event: None,
     train_callback=None,
+    keep_results: bool = True,
 ) -> RecipeResult:
-    """Run every variant of ``recipe`` into ``output/VARIANT`` and write ``output/report.md``."""
+    """Run every run of ``recipe`` into ``output/RUN`` and write the report.
+
+    Without ``overrides`` the recipe runs as written: committed records under ``recipe.results``
+    stand for finished runs, each newly finished run is recorded there, and so is the report.
+    With overrides (a shorter budget, another device), or ``keep_results=False`` (the demo), nothing
+    under the recipe is read or written.
+    """
     from lmfix.analysis.compare import compare_runs
     from lmfix.analysis.evaluate import evaluate_run
     from lmfix.embeddings import get_or_build
@@ -195,10 +219,11 @@ def run_recipe(
     from lmfix.training.trainer import train
 
     out = Path(output or recipe.output)
-    run_dirs = []
+    as_written = keep_results and not overrides
+    split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
+    compared = []
     for name, variant, seeded in recipe.runs():
-        run_dir = out / name
-        run_dirs.append(run_dir)
+        run_dir, record = out / name, recipe.results / name
         config = recipe.config(variant, {**seeded, **(overrides or {})})
         artifact_id = None
         if variant.embeddings:  # builder options beyond the defaults: train on that artifact
@@ -206,6 +231,11 @@ def run_recipe(
             art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
             config, artifact_id = replace(config, embeddings=str(art.path)), art.id
         finished = (run_dir / checkpoint.SUMMARY).is_file()
+        if as_written and not finished and _evaluated(record, split, batch_size):
+            _check_same_config(record, config, artifact_id)
+            on_event(RecipeEvent("adopt", name, f"committed result ({record})"))
+            compared.append(record)
+            continue
         if finished:
             _check_same_config(run_dir, config, artifact_id)
             on_event(RecipeEvent("skip", name, f"finished earlier ({run_dir})"))
@@ -213,16 +243,31 @@ def run_recipe(
             resume = (run_dir / checkpoint.LAST).is_file()
             on_event(RecipeEvent("resume" if resume else "train", name, str(run_dir)))
             train(config, run_dir, resume=resume, overwrite=not resume, callback=train_callback)
-        split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
-        evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
-        stale = evaluated is None or (batch_size is not None and evaluated["batch_size"] != batch_size)
-        if not finished or stale:
+        if not finished or not _evaluated(run_dir, split, batch_size):
             on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
-    table, plots = compare_runs(run_dirs, out)
-    report = out / REPORT
-    atomic.write_text(report, _report(recipe, table, plots, out))
-    return RecipeResult(report, table, plots, run_dirs)
+        if as_written:
+            with atomic.atomic_dir(record) as tmp:
+                for file in RECORD_FILES:
+                    (tmp / file).write_bytes((run_dir / file).read_bytes())
+        compared.append(record if as_written else run_dir)
+    report_dir = recipe.results if as_written else out
+    if as_written:  # the report covers every committed run, also those this call did not select
+        shown = set(compared)
+        compared = [r for r in (recipe.results / n for n in recipe.everything)
+                    if r in shown or _evaluated(r, split, batch_size)]
+    table, plots = compare_runs(compared, report_dir)
+    report = report_dir / REPORT
+    atomic.write_text(report, _report(recipe, table, plots, report_dir))
+    return RecipeResult(report, table, plots, compared)
+
+
+def _evaluated(run_dir: Path, split: str, batch_size: int | None) -> bool:
+    """Whether ``run_dir`` finished and holds the evaluation the recipe asks for."""
+    if not (run_dir / checkpoint.SUMMARY).is_file():
+        return False
+    evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
+    return evaluated is not None and (batch_size is None or evaluated["batch_size"] == batch_size)
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | None = None) -> None:
@@ -241,16 +286,26 @@ def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | No
 
 
 def _report(recipe: Recipe, table: str, plots: list[Path], out: Path) -> str:
-    lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{recipe.path}`", "", table, ""]
+    lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{_shown(recipe.path)}`", "", table, ""]
     lines += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
     lines += ["", "Variants:", ""] + [f"- **{v.name}**: {v.description}" for v in recipe.variants]
     return "\n".join(lines) + "\n"
+
+
+def _shown(path: Path) -> str:
+    """``recipes/NAME`` for the project's own recipes (a committed report names no local folders)."""
+    try:
+        return str(path.resolve().relative_to(RECIPES_DIR.parent))
+    except ValueError:
+        return str(path)
 
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # `make demo`: a few minutes on 2 CPU cores, the learned baseline against two fixed matrices.
 DEMO_VARIANTS = ["learned", "word2vec", "hadamard"]
 DEMO_OVERRIDES = {"max_tokens": 100_000, "eval_interval": 40, "eval_tokens": 20_000}
+# ...and then the answer at a real budget, from the runs committed with this recipe.
+DEMO_ANSWER = RECIPES_DIR / "wt2-cpu-long"
 
 
 def demo_recipe() -> tuple[Recipe, dict, Path, str | None]:
