@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lmfix.bench.head import format_head_table, run_head_bench
 
@@ -41,3 +42,31 @@ def test_bench_skips_a_dense_matrix_that_does_not_fit():
 def test_bench_rejects_unknown_heads():
     with pytest.raises(ValueError, match="choose from dense, dense-fused, distinct, truncated"):
         run_head_bench(layouts=("sparse",))
+
+
+def test_bench_times_the_transform_against_a_copy_and_skips_peers_it_cannot_run():
+    results = run_head_bench(vocab=500, dim=48, tokens=16, repeats=1, layouts=("dense", "fwht", "copy", "liger",
+                                                                               "fwht-dao"))
+    dense, transform, copy, liger, dao = results
+    for row in (transform, copy):  # N x D with D = 64: read and written once
+        assert row["gb_s"] == pytest.approx(2 * 16 * 64 * 4 / row["median_s"] / 1e9)
+        assert "speedup_vs_dense" not in row and row["device"] == "cpu"
+    assert liger["skipped"] in ("liger_kernel is not installed", "a CUDA-only peer") and "median_s" not in liger
+    assert dao["skipped"] in ("fast_hadamard_transform is not installed", "a CUDA-only peer")
+    assert "| liger | fp32 | 500 | 48 | 16 | skipped: " in format_head_table(results)
+
+
+def test_a_failing_row_is_recorded_and_the_others_still_run(monkeypatch):
+    def broken(layout):
+        raise RuntimeError("kernel failed\nsecond line")
+
+    monkeypatch.setattr("lmfix.bench.head._hadamard_loss", broken)
+    results = run_head_bench(vocab=500, dim=16, tokens=8, repeats=1, layouts=("distinct", "copy"))
+    assert results[0]["failed"] == "RuntimeError: kernel failed" and results[1]["median_s"] > 0
+    assert "failed: RuntimeError: kernel failed" in format_head_table(results)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is visible")
+def test_bench_on_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        run_head_bench(vocab=500, dim=16, tokens=8, repeats=1, device="cuda")

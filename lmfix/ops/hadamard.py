@@ -67,6 +67,9 @@ class HadamardLayout:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+        # The columns as tensors, per (dtype, device): made from the tuple once, since a copy from the host
+        # to a GPU waits for it (``_column_tensor``).
+        object.__setattr__(self, "_tensors", {})
         _check_sizes(self.vocab_size, self.dim, self.layout)
         if self.n & (self.n - 1) or self.n < max(self.vocab_size, self.dim):
             raise ValueError(
@@ -102,10 +105,17 @@ class HadamardLayout:
         """Entries of E are +-scale."""
         return 1.0 / math.sqrt(self.dim)
 
+    def _column_tensor(self, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+        """``columns`` as a (d,) tensor, made once per dtype and device (callers must not write to it)."""
+        key = (dtype, None if device is None else torch.device(device))
+        if key not in self._tensors:
+            self._tensors[key] = torch.tensor(self.columns, dtype=dtype, device=device)
+        return self._tensors[key]
+
     def high_bits(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(d,) int64 ``columns >> log2 D``: the part of each column that varies across blocks."""
         shift = self.block.bit_length() - 1
-        return torch.tensor(self.columns, dtype=torch.int64, device=device) >> shift
+        return self._column_tensor(torch.int64, device) >> shift
 
     def block_signs(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
         """(R, D) +-1 with ``E' = H_D[lo, k] * signs[r, k]``; zero for padding columns k >= d."""
@@ -118,7 +128,7 @@ class HadamardLayout:
         """(..., d) unscaled +-1 rows ``sqrt(d) * E[ids]``."""
         # int32 halves the work of the parity folds whenever the indices fit.
         index_dtype = torch.int32 if self.n <= 2**31 else torch.int64
-        columns = torch.tensor(self.columns, dtype=index_dtype, device=ids.device)
+        columns = self._column_tensor(index_dtype, ids.device)
         return 1 - 2 * parity(ids.to(index_dtype)[..., None] & columns).to(dtype)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

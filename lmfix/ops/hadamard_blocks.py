@@ -20,6 +20,9 @@ from lmfix.ops.transform import swapped_fwht_into
 # Elements of one chunk of logits (2 MiB in float32): measured fastest on CPU
 # among 2^17..2^22 at V=33278, d=512, and it keeps the two buffers small.
 _CHUNK_ELEMENTS = 1 << 19
+# On a GPU (this backend serves blocks the Triton loss cannot tile, and backend="torch") each chunk is a
+# handful of launches, so chunks are larger: 256 MiB buffers. Not tuned on a GPU yet.
+_CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,15 @@ class HeadInputs:
     """Per-call constants shared by the backends of the fused loss."""
 
     layout: HadamardLayout
-    scale: float  # alpha / sqrt(d)
+    scale: float | torch.Tensor  # alpha / sqrt(d); a 0-dim tensor on CUDA (reading it would sync)
     bias: torch.Tensor  # (R * D,) with -inf past V, zeros when the caller gave no bias
     x: torch.Tensor  # (N, D) compute dtype, zero-padded past d
 
     @property
     def chunk_default(self) -> int:
         """~_CHUNK_ELEMENTS logits, and at most d / 4 tokens so no chunk outgrows the V x d matrix."""
-        return max(1, min(_CHUNK_ELEMENTS // self.bias.numel(), self.layout.dim // 4))
+        elements = _CUDA_CHUNK_ELEMENTS if self.x.is_cuda else _CHUNK_ELEMENTS
+        return max(1, min(elements // self.bias.numel(), self.layout.dim // 4))
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -34,9 +34,18 @@ from lmfix.ops.transform import fwht
 
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "torch", "triton")
+
+
+def _scale(alpha: torch.Tensor, layout: HadamardLayout) -> float | torch.Tensor:
+    """``alpha / sqrt(d)``: a float (as always) unless alpha lives on a GPU, where ``float()`` would wait for it."""
+    if alpha.is_cuda:
+        return alpha.detach().float() * layout.scale
+    return float(alpha) * layout.scale
+
+
 def _head_inputs(x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, layout: HadamardLayout) -> HeadInputs:
     xc = pad_columns(x.detach().to(compute_dtype(x.dtype)), layout.block)
-    return HeadInputs(layout, float(alpha) * layout.scale, padded_bias(layout, bias, xc), xc)
+    return HeadInputs(layout, _scale(alpha, layout), padded_bias(layout, bias, xc), xc)
 
 
 def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -95,7 +104,7 @@ def _finish_backward(ctx, x, alpha, bias, target, weight, folded, bias_grad):
     layout = ctx.layout
     dtype = folded.dtype
     u = folded - weight[:, None] * layout.signs(target, dtype)
-    grad_x = (float(alpha) * layout.scale * u).to(x.dtype) if ctx.needs_input_grad[0] else None
+    grad_x = (_scale(alpha, layout) * u).to(x.dtype) if ctx.needs_input_grad[0] else None
     grad_alpha = None
     if ctx.needs_input_grad[1]:
         grad_alpha = ((x.to(dtype) * u).sum() * layout.scale).to(alpha.dtype).reshape(alpha.shape)
@@ -112,7 +121,7 @@ class _PeriodicCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, alpha, bias, target, layout):
         dtype = compute_dtype(x.dtype)
         xc = pad_columns(x.detach().to(dtype), layout.block)
-        scale = float(alpha) * layout.scale
+        scale = _scale(alpha, layout)
         bias_pad = padded_bias(layout, bias, xc)
         group_lse = bias_pad.view(layout.num_blocks, layout.block).logsumexp(0)
         scores = fwht(xc)
@@ -129,7 +138,7 @@ class _PeriodicCrossEntropy(torch.autograd.Function):
         x, alpha, bias, target, scores, lse = ctx.saved_tensors
         layout = ctx.layout
         weight = grad.to(scores.dtype)
-        scale = float(alpha) * layout.scale
+        scale = _scale(alpha, layout)
         bias_pad = padded_bias(layout, bias, scores)
         group_lse = bias_pad.view(layout.num_blocks, layout.block).logsumexp(0)
         # Group probabilities q[t, g] = sum of p[t, w] over w = g mod D.
@@ -157,8 +166,11 @@ def _check(x: torch.Tensor, target: torch.Tensor, layout: HadamardLayout, bias: 
         raise ValueError(f"bias must have shape ({layout.vocab_size},), got {tuple(bias.shape)}")
     if target.numel() != x[..., 0].numel():
         raise ValueError(f"{x[..., 0].numel()} hidden states but {target.numel()} targets")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= layout.vocab_size):
-        raise ValueError(f"targets must be word ids in [0, {layout.vocab_size})")
+    in_range = f"targets must be word ids in [0, {layout.vocab_size})"
+    if target.numel() and target.is_cuda:  # int() would wait for the GPU every step: assert on the device
+        torch._assert_async((target.min() >= 0) & (target.max() < layout.vocab_size), in_range)
+    elif target.numel() and (int(target.min()) < 0 or int(target.max()) >= layout.vocab_size):
+        raise ValueError(in_range)
 
 
 def _triton_loss():

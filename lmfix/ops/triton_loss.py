@@ -4,7 +4,9 @@ Each program takes ROWS tokens and streams over the R vocabulary blocks:
 forward keeps an online max / sum-exp per token, backward recomputes each
 block, accumulates ``E'^T (w p)`` in registers and adds ``sum_t w p`` to the
 bias gradient with atomics. Blocks larger than ``_LOSS_MAX_BLOCK`` fall back to
-the torch path (cuBLAS GEMMs). The transform tiles come from ``triton_fwht.py``.
+the torch path (cuBLAS GEMMs). The transform tiles, the int64 offsets and the
+launch checks come from ``triton_fwht.py``. The scale ``alpha / sqrt(d)`` is
+read from device memory, so a learned alpha never waits for the GPU.
 
 Tests run these kernels on CPU tensors under ``TRITON_INTERPRET=1``.
 """
@@ -16,7 +18,16 @@ import triton
 import triton.language as tl
 
 from lmfix.ops.hadamard_blocks import HeadInputs
-from lmfix.ops.triton_fwht import _MIN_ORDER, _NUM_WARPS, _parity, _tile_shape, _wht_tile
+from lmfix.ops.triton_fwht import (
+    _MIN_ORDER,
+    _NUM_WARPS,
+    _parity,
+    _row_offsets,
+    _tile_shape,
+    _wht_tile,
+    check_rows,
+    on_device,
+)
 
 _LOSS_MAX_BLOCK = 4096
 
@@ -34,14 +45,15 @@ def _block_scores(x, high, block, ROWS: tl.constexpr, A: tl.constexpr, B: tl.con
 
 @triton.jit
 def _loss_fwd_kernel(
-    x_ptr, high_ptr, bias_ptr, lse_ptr, scale, n_tokens, n_blocks,
+    x_ptr, high_ptr, bias_ptr, lse_ptr, scale_ptr, n_tokens, n_blocks,
     ROWS: tl.constexpr, A: tl.constexpr, B: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rows, offsets = _row_offsets(tl.program_id(0) * ROWS, ROWS, A * B)
     cols = tl.arange(0, A * B)
     row_ok = rows < n_tokens
-    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * (A * B) + cols[None, :], mask=row_ok[:, None], other=0.0)
+    x = tl.load(x_ptr + offsets, mask=row_ok[:, None], other=0.0)
     high = tl.load(high_ptr + cols)
+    scale = tl.load(scale_ptr)
     peak = tl.full((ROWS,), -float("inf"), tl.float32)
     total = tl.zeros((ROWS,), tl.float32)
     for block in range(0, n_blocks):
@@ -55,15 +67,15 @@ def _loss_fwd_kernel(
 
 @triton.jit
 def _loss_bwd_kernel(
-    x_ptr, high_ptr, bias_ptr, lse_ptr, weight_ptr, folded_ptr, bias_grad_ptr, scale, n_tokens, n_blocks,
+    x_ptr, high_ptr, bias_ptr, lse_ptr, weight_ptr, folded_ptr, bias_grad_ptr, scale_ptr, n_tokens, n_blocks,
     ROWS: tl.constexpr, A: tl.constexpr, B: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rows, offsets = _row_offsets(tl.program_id(0) * ROWS, ROWS, A * B)
     cols = tl.arange(0, A * B)
     row_ok = rows < n_tokens
-    offsets = rows.to(tl.int64)[:, None] * (A * B) + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=row_ok[:, None], other=0.0)
     high = tl.load(high_ptr + cols)
+    scale = tl.load(scale_ptr)
     # Padding tokens get lse = +inf and weight 0, so their probabilities are exactly 0.
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
     weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0)
@@ -88,30 +100,34 @@ class TritonBlocks:
         layout = inputs.layout
         self.dtype = inputs.x.dtype
         self.x = inputs.x.float().contiguous()
+        check_rows(self.x, "hadamard loss")
         self.bias = inputs.bias.float().contiguous()
         self.high = torch.zeros(layout.block, dtype=torch.int32, device=self.x.device)
         self.high[: layout.dim] = layout.high_bits(self.x.device).to(torch.int32)
-        self.scale = inputs.scale
+        # On CUDA the scale arrives as a device tensor (see hadamard_loss._scale): no host sync.
+        self.scale = torch.as_tensor(inputs.scale, dtype=torch.float32, device=self.x.device).reshape(1)
         self.n_blocks = layout.num_blocks
         self.rows, self.a, self.b = _tile_shape(layout.block)
         self.grid = (triton.cdiv(self.x.shape[0], self.rows),)
 
     def logsumexp(self) -> torch.Tensor:
         lse = torch.empty(self.x.shape[0], dtype=torch.float32, device=self.x.device)
-        _loss_fwd_kernel[self.grid](
-            self.x, self.high, self.bias, lse, self.scale, self.x.shape[0], self.n_blocks,
-            ROWS=self.rows, A=self.a, B=self.b, num_warps=_NUM_WARPS,
-        )  # fmt: skip
+        with on_device(self.x):
+            _loss_fwd_kernel[self.grid](
+                self.x, self.high, self.bias, lse, self.scale, self.x.shape[0], self.n_blocks,
+                ROWS=self.rows, A=self.a, B=self.b, num_warps=_NUM_WARPS,
+            )  # fmt: skip
         return lse.to(self.dtype)
 
     def softmax_terms(self, lse: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         folded = torch.empty_like(self.x)
         bias_grad = torch.zeros_like(self.bias)
-        _loss_bwd_kernel[self.grid](
-            self.x, self.high, self.bias, lse.float().contiguous(), weight.float().contiguous(), folded, bias_grad,
-            self.scale, self.x.shape[0], self.n_blocks,
-            ROWS=self.rows, A=self.a, B=self.b, num_warps=_NUM_WARPS,
-        )  # fmt: skip
+        with on_device(self.x):
+            _loss_bwd_kernel[self.grid](
+                self.x, self.high, self.bias, lse.float().contiguous(), weight.float().contiguous(), folded,
+                bias_grad, self.scale, self.x.shape[0], self.n_blocks,
+                ROWS=self.rows, A=self.a, B=self.b, num_warps=_NUM_WARPS,
+            )  # fmt: skip
         return folded.to(self.dtype), bias_grad.to(self.dtype)
 
     def lse_and_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
