@@ -65,6 +65,16 @@ def test_two_processes_match_one_and_frozen_matrix_is_not_synchronized(tiny_corp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["gru", "transformer"])
+def test_every_body_trains_in_two_processes_as_in_one(tiny_corpus_dir: Path, tmp_path: Path, model: str):
+    two = torchrun(tiny_corpus_dir, tmp_path / "two", model=model)
+    one = train(tiny_config(tiny_corpus_dir, **{**SETTINGS, "batch_size": 4, "model": model}), tmp_path / "one")
+    assert two["world_size"] == 2 and two["tokens"] == one.tokens and two["steps"] == one.steps
+    assert two["final_valid_ppl"] == pytest.approx(one.final_valid_ppl, rel=1e-4)
+    assert two["sync_bytes_per_step"] == two["grad_bytes_per_step"] == 4 * two["params"]["trainable"]
+
+
+@pytest.mark.slow
 def test_ctrl_c_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_run(
         tiny_corpus_dir: Path, tmp_path: Path):
     # epochs=20: the token budget, not the (short) tiny epoch, ends the run, so Ctrl-C lands mid-run

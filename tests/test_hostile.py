@@ -16,7 +16,7 @@ import pytest
 
 from lmfix import atomic
 from lmfix.cli import main
-from lmfix.model.lstm import LanguageModel
+from lmfix.model.language_model import LanguageModel
 from lmfix.training import checkpoint
 from lmfix.training.rundir import claimed
 from lmfix.training.trainer import TrainingDiverged, train

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmfix.model.config import ModelConfig
 from lmfix.model.heads import DenseFixedHead, HadamardHead, LearnedHead, ParamCounts
-from lmfix.model.lstm import LanguageModel, ModelConfig, detach_hidden
+from lmfix.model.language_model import LanguageModel
 from lmfix.ops import dense_loss, make_layout
 from lmfix.ops.dense_loss import chunk_rows
 from lmfix.ops.gemm import GemmError, onednn_available
@@ -30,10 +31,10 @@ def batch(seed: int = 0, t: int = 7, b: int = 3):
 def sgd_steps(model: LanguageModel, steps: int = 5, lr: float = 0.5) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
-    hidden = model.init_hidden(3)
+    hidden = model.init_state(3)
     for i in range(steps):
         x, y = batch(i)
-        loss, hidden = model(x, y, detach_hidden(hidden))
+        loss, hidden = model(x, y, model.detach(hidden))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,7 +115,7 @@ def test_hadamard_head_equals_dense_head_on_the_same_matrix():
 
 
 def test_parameter_accounting():
-    lstm = LanguageModel(LearnedHead(V, D), NO_DROPOUT).layers
+    lstm = LanguageModel(LearnedHead(V, D), NO_DROPOUT).body
     lstm_params = sum(p.numel() for p in lstm.parameters())
     tied = LanguageModel(LearnedHead(V, D), NO_DROPOUT).counts()
     untied = LanguageModel(LearnedHead(V, D, tied=False), NO_DROPOUT).counts()
@@ -131,7 +132,7 @@ def test_parameter_accounting():
 
 def test_last_layer_outputs_emsize_and_hidden_shapes():
     model = LanguageModel(LearnedHead(V, D), ModelConfig(emsize=D, nhid=40, nlayers=3))
-    hidden = model.init_hidden(4)
+    hidden = model.init_state(4)
     assert [h.shape[-1] for h, _ in hidden] == [40, 40, D]
     x, _ = batch(b=4)
     out, hidden = model.features(x, hidden)
@@ -144,19 +145,19 @@ def test_dropouts_are_off_at_zero_and_active_otherwise():
     torch.manual_seed(0)
     model = LanguageModel(LearnedHead(V, D), NO_DROPOUT)
     x, y = batch()
-    train_loss = model(x, y, model.init_hidden(3))[0]
+    train_loss = model(x, y, model.init_state(3))[0]
     model.eval()
-    assert torch.equal(train_loss, model(x, y, model.init_hidden(3))[0])
+    assert torch.equal(train_loss, model(x, y, model.init_state(3))[0])
 
     cfg = ModelConfig(emsize=D, nhid=24, nlayers=2, dropout=0.3, dropouth=0.3, dropouti=0.3, dropoute=0.3, wdrop=0.5)
     model = LanguageModel(LearnedHead(V, D), cfg)
-    losses = {model(x, y, model.init_hidden(3))[0].item() for _ in range(3)}
+    losses = {model(x, y, model.init_state(3))[0].item() for _ in range(3)}
     assert len(losses) == 3
-    loss = model(x, y, model.init_hidden(3))[0]
+    loss = model(x, y, model.init_state(3))[0]
     loss.backward()
-    assert model.layers[0].lstm.weight_hh_l0.grad.abs().sum() > 0  # DropConnect keeps the raw weight learning
+    assert model.body.layers[0].rnn.weight_hh_l0.grad.abs().sum() > 0  # DropConnect keeps the raw weight learning
     model.eval()
-    assert model(x, y, model.init_hidden(3))[0].item() == model(x, y, model.init_hidden(3))[0].item()
+    assert model(x, y, model.init_state(3))[0].item() == model(x, y, model.init_state(3))[0].item()
 
 
 def test_fused_dense_loss_skips_gradient_work_without_grad(monkeypatch):

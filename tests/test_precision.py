@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lmfix.analysis.evaluate import evaluate_run
+from lmfix.model.config import ModelConfig
 from lmfix.model.heads import DenseFixedHead, HadamardHead, LearnedHead
-from lmfix.model.lstm import LanguageModel, ModelConfig
+from lmfix.model.language_model import LanguageModel
 from lmfix.ops import dense_cross_entropy, hadamard_cross_entropy, make_layout, precision
 from lmfix.training import checkpoint
 from lmfix.training.trainer import train
@@ -76,14 +77,14 @@ def test_bf16_model_matches_fp32_and_keeps_float32_state(head):
     }
     model = LanguageModel(heads[head](), ModelConfig(emsize=d, nhid=40, dropout=0, dropouth=0, dropouti=0))
     ids, y = torch.randint(0, v, (12, 3)), torch.randint(0, v, (12, 3))
-    ref, _ = model(ids, y, model.init_hidden(3))
+    ref, _ = model(ids, y, model.init_state(3))
     model.set_precision(torch.bfloat16)
-    loss, hidden = model(ids, y, model.init_hidden(3))
+    loss, hidden = model(ids, y, model.init_state(3))
     loss.backward()
     assert abs(loss.item() - ref.item()) <= 2e-2 * ref.item()
     assert all(t.dtype == torch.float32 for h in hidden for t in h)
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
-    assert model.logits(ids, model.init_hidden(3))[0].dtype == torch.float32
+    assert model.logits(ids, model.init_state(3))[0].dtype == torch.float32
     if head == "dense":  # a frozen E is stored once in bf16: half the bytes
         assert model.head.weight.dtype == torch.bfloat16 and model.head.weight.element_size() == 2
 

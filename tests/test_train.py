@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmfix.cli import main
-from lmfix.model.lstm import LanguageModel
+from lmfix.model.language_model import LanguageModel
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig, resume_config
 from lmfix.training.trainer import TrainingDiverged, train

@@ -14,6 +14,7 @@ import pytest
 
 from lmfix.cli import main
 from lmfix.training import checkpoint
+from lmfix.training.config import TrainConfig
 from lmfix.training.trainer import train
 from tests.test_train import one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
@@ -34,7 +35,11 @@ train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=slow
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path, tmp_path: Path, capsys, precision):
-    config = tiny_config(tiny_corpus_dir, **HARD, precision=precision)
+    assert_sigkill_then_resume_matches(tiny_config(tiny_corpus_dir, **HARD, precision=precision), tmp_path, capsys)
+
+
+def assert_sigkill_then_resume_matches(config: TrainConfig, tmp_path: Path, capsys) -> None:
+    """Train ``config`` once uninterrupted, once killed with SIGKILL after a checkpoint and resumed: same end."""
     reference = train(config, tmp_path / "reference")
 
     run = tmp_path / "killed"
@@ -65,7 +70,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus_dir: Path,
     for (_, _, a), (_, _, b) in zip(curve(run), curve(tmp_path / "reference"), strict=True):
         assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-6 * b)
     assert checkpoint.load(run / checkpoint.LAST)["optimizer_kind"] == "averaged"
-    assert resumed["precision"] == precision
+    assert resumed["precision"] == config.precision
 
 
 def test_ctrl_c_checkpoints_the_current_step_then_resume_continues(tiny_corpus_dir: Path, tmp_path: Path, capsys):

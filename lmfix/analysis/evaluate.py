@@ -3,6 +3,8 @@
 Test perplexity uses batch size 1 by default, as AWD-LSTM does: every token
 is scored with the full history of the text before it (with larger batches the
 split is cut into independent streams whose first tokens see no context).
+A Transformer sees only its BPTT window: windows follow each other by default, and
+``stride`` slides them (each token still scored once, with more context).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from lmfix.data.batching import batchify_split
 from lmfix.data.corpus import SPLITS, Corpus
-from lmfix.model.lstm import LanguageModel
+from lmfix.model.language_model import LanguageModel
+from lmfix.model.registry import RECURRENT
 from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig
@@ -49,21 +52,28 @@ def _last_fingerprint(run_dir: Path) -> str | None:
 
 def evaluate_run(
     run_dir: Path, split: str = "test", batch_size: int | None = None, device: str = "auto",
-    precision: str | None = None,
+    precision: str | None = None, stride: int | None = None,
 ) -> dict:
     """Perplexity of the best checkpoint on ``split``; merged into ``eval.json`` and returned.
 
     ``batch_size`` defaults to 1 for test (AWD-LSTM's choice) and the run's
-    ``eval_batch_size`` for valid.
+    ``eval_batch_size`` for valid. ``stride`` (a body without state only) slides the
+    windows by that many tokens instead of ``bptt``.
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    config = TrainConfig.load(run_dir)
+    if stride is not None and config.model in RECURRENT:
+        raise ConfigError(f"--stride is for a transformer run; {run_dir} is {config.model}, whose state carries "
+                          "each token's whole history across windows: drop --stride")
+    if stride is not None and not 1 <= stride <= config.bptt:
+        raise ConfigError(f"--stride must be between 1 and the run's bptt ({config.bptt}), got {stride}")
     model, config, corpus, best = load_trained(run_dir, device, precision)
     if batch_size is None:
         batch_size = 1 if split == "test" else config.eval_batch_size
     data = batchify_split(corpus.split(split), batch_size, split).to(model.head.bias.device)
     start = time.perf_counter()
-    loss, tokens = corpus_loss(model, data, config.bptt)
+    loss, tokens = corpus_loss(model, data, config.bptt, stride)
     seconds = time.perf_counter() - start
     result = {
         "split": split,
@@ -72,6 +82,7 @@ def evaluate_run(
         "tokens": tokens,
         "batch_size": batch_size,
         "bptt": config.bptt,
+        "stride": stride or config.bptt,
         "tokens_per_second": tokens / seconds,
         "seconds": seconds,
         "checkpoint": checkpoint.BEST,

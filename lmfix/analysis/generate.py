@@ -1,4 +1,8 @@
-"""Sample text from a trained run (its best checkpoint), word by word."""
+"""Sample text from a trained run (its best checkpoint), word by word.
+
+A body with a state is fed each new word once; one without (the Transformer) is fed
+its last ``context`` words again for every new one.
+"""
 
 from __future__ import annotations
 
@@ -32,14 +36,17 @@ def generate(
     dev = model.head.bias.device
     generator = torch.Generator(dev)
     generator.manual_seed(seed if seed is not None else torch.seed())
-    ids = torch.tensor([[vocab.stoi[w]] for w in tokens], device=dev)
-    hidden = model.init_hidden(1)
+    context = model.body.context
+    window = torch.tensor([[vocab.stoi[w]] for w in tokens], device=dev)
+    window = window if context is None else window[-context:]
+    state = model.init_state(1)
     out = prompt.split()
     for _ in range(words):
-        logits, hidden = model.logits(ids, hidden)
+        logits, state = model.logits(window, state)
         probs = torch.softmax(logits[-1, 0].float() / temperature, dim=-1)
-        ids = torch.multinomial(probs, 1, generator=generator).view(1, 1)
-        out.append(vocab.itos[ids.item()])
+        word = torch.multinomial(probs, 1, generator=generator).view(1, 1)
+        window = word if context is None else torch.cat([window, word])[-context:]
+        out.append(vocab.itos[word.item()])
     if config.tokenizer == "spm":
         return "".join("\n" if w == EOS else w for w in out).replace("\u2581", " ").strip()
     return " ".join(out).replace(f" {EOS} ", "\n").replace(EOS, "\n").strip()

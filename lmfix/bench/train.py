@@ -1,19 +1,21 @@
-"""``lmfix bench train``: training tokens/s of lmfix's models against a plain PyTorch LSTM LM.
+"""``lmfix bench train``: training tokens/s of lmfix's models against a plain PyTorch LM of the same body.
 
 All variants are timed in one process, round-robin (a few steps of each per
 round), so load from other processes hits them alike; medians are reported.
 ``plain`` is pytorch/examples' model with nothing extra (nn.Embedding +
-nn.LSTM + tied nn.Linear, SGD with clipping); the lmfix variants run
-``Trainer.train_step``, i.e. exactly what ``lmfix train`` does per step.
+nn.LSTM, nn.GRU or nn.TransformerEncoder + tied nn.Linear, SGD with clipping);
+the lmfix variants run ``Trainer.train_step``, i.e. exactly what ``lmfix train``
+does per step.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmfix.data.batching import BPTTStream, batchify
+from lmfix.model.transformer import sinusoidal
 from lmfix.ops import gemm
 from lmfix.ops.precision import resolve_precisions
-from lmfix.training.config import TrainConfig
+from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import Dist
 from lmfix.training.trainer import Trainer
 
@@ -33,6 +36,7 @@ VARIANTS = ("plain", "learned", "orthogonal", "hadamard")
 @dataclass
 class BenchTrainConfig:
     corpus: str = "wikitext-2"
+    model: str = "lstm"  # the body of every variant, plain included
     emsize: int = 512
     nhid: int = 512
     nlayers: int = 2
@@ -46,13 +50,14 @@ class BenchTrainConfig:
     gemm: str | None = None  # backend of lmfix's dense heads ($LMFIX_GEMM when None); plain always uses F.linear
 
 
-class PlainLSTM(nn.Module):
-    """pytorch/examples word_language_model, tied, without dropout: the reference implementation."""
+class PlainRNN(nn.Module):
+    """pytorch/examples word_language_model's RNNModel (``rnn``: nn.LSTM or nn.GRU), tied, without dropout:
+    the reference implementation."""
 
-    def __init__(self, vocab_size: int, emsize: int, nhid: int, nlayers: int) -> None:
+    def __init__(self, rnn: type[nn.RNNBase], vocab_size: int, emsize: int, nhid: int, nlayers: int) -> None:
         super().__init__()
         self.encoder = nn.Embedding(vocab_size, emsize)
-        self.rnn = nn.LSTM(emsize, nhid, nlayers)
+        self.rnn = rnn(emsize, nhid, nlayers)
         self.decoder = nn.Linear(nhid, vocab_size)
         self.decoder.weight = self.encoder.weight
 
@@ -61,24 +66,51 @@ class PlainLSTM(nn.Module):
         return self.decoder(output), hidden
 
 
+class PlainTransformer(nn.Module):
+    """pytorch/examples' TransformerModel (nn.TransformerEncoder with a causal mask, sinusoidal positions),
+    pre-LayerNorm like lmfix's, tied, without dropout."""
+
+    def __init__(self, vocab_size: int, emsize: int, nhead: int, nhid: int, nlayers: int) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab_size, emsize)
+        layer = nn.TransformerEncoderLayer(emsize, nhead, nhid, dropout=0.0, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, nlayers, norm=nn.LayerNorm(emsize), enable_nested_tensor=False)
+        self.decoder = nn.Linear(emsize, vocab_size)
+        self.decoder.weight = self.encoder.weight
+
+    def forward(self, x: torch.Tensor, hidden: None):
+        t, d = x.size(0), self.encoder.embedding_dim
+        h = self.encoder(x) * math.sqrt(d) + sinusoidal(t, d, x.device)[:, None]
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=x.device)
+        return self.decoder(self.body(h, mask=mask, is_causal=True)), None
+
+
+def _repackage(hidden):
+    """pytorch/examples' repackage_hidden: detach nn.LSTM's (h, c) or nn.GRU's h; a Transformer's None stays."""
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return None if hidden is None else hidden.detach()
+
+
 def _windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     stream = BPTTStream(data, bptt)
     while True:
         yield from stream
 
 
-def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int, precision: str) -> Callable[[], None]:
+def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, precision: str) -> Callable[[], None]:
     """pytorch/examples' step; in bf16 the forward and loss run under ``torch.autocast`` (plain AMP)."""
-    model = PlainLSTM(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers)
+    if base.model == "transformer":
+        model = PlainTransformer(vocab_size, base.emsize, base.nhead, base.nhid, base.nlayers)
+    else:
+        model = PlainRNN({"lstm": nn.LSTM, "gru": nn.GRU}[base.model], vocab_size, base.emsize, base.nhid, base.nlayers)
     optimizer = torch.optim.SGD(model.parameters(), lr=20.0)
-    windows = _windows(data, cfg.bptt)
+    windows = _windows(data, base.bptt)
     state = {"hidden": None}
 
     def step() -> None:
         x, y = next(windows)
-        hidden = state["hidden"]
-        if hidden is not None:
-            hidden = tuple(h.detach() for h in hidden)
+        hidden = _repackage(state["hidden"])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits, state["hidden"] = model(x, hidden)
             loss = F.cross_entropy(logits.view(-1, vocab_size), y.reshape(-1))
@@ -90,15 +122,11 @@ def _plain_stepper(cfg: BenchTrainConfig, data: torch.Tensor, vocab_size: int, p
     return step
 
 
-def _lmfix_stepper(cfg: BenchTrainConfig, embed: str, run_dir: Path, precision: str) -> Callable[[], None]:
-    config = TrainConfig(
-        corpus=cfg.corpus, embed=embed, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
-        dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt, device="cpu",
-        precision=precision,
-    )
+def _lmfix_stepper(base: TrainConfig, embed: str, run_dir: Path, precision: str) -> Callable[[], None]:
+    config = replace(base, embed=embed, precision=precision)
     trainer = Trainer(config, run_dir, Dist(), torch.device("cpu"), lambda event: None)
-    trainer.hidden = trainer.model.init_hidden(cfg.batch_size)
-    windows = _windows(trainer.stream.data, cfg.bptt)
+    trainer.state = trainer.model.init_state(config.batch_size)
+    windows = _windows(trainer.stream.data, config.bptt)
     return lambda: trainer.train_step(*next(windows))
 
 
@@ -106,14 +134,16 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     """Median training tokens/s per variant and the ratios the speed targets are stated in."""
     unknown = sorted(set(cfg.variants) - set(VARIANTS))
     if unknown:
-        from lmfix.training.config import ConfigError
-
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    # every variant's settings, checked (--model, sizes) before anything loads; no dropout, as plain
+    base = TrainConfig(corpus=cfg.corpus, model=cfg.model, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
+                       dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt,
+                       device="cpu")
     backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
     precisions = resolve_precisions(cfg.precisions, torch.device("cpu"))
     from lmfix.training.setup import load_corpus
 
-    corpus = load_corpus(TrainConfig(corpus=cfg.corpus))
+    corpus = load_corpus(base)
     vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(backend):
@@ -124,9 +154,9 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 progress(f"building {key}")
                 if name == "plain":
                     data = batchify(corpus.train, cfg.batch_size)
-                    steppers[key] = _plain_stepper(cfg, data, vocab_size, precision)
+                    steppers[key] = _plain_stepper(base, data, vocab_size, precision)
                 else:
-                    steppers[key] = _lmfix_stepper(cfg, name, Path(tmp), precision)
+                    steppers[key] = _lmfix_stepper(base, name, Path(tmp), precision)
         for step in steppers.values():
             for _ in range(cfg.warmup):
                 step()

@@ -14,6 +14,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int,
                    help="default 1 for test (as AWD-LSTM: each token sees its whole history), the run's "
                    "--eval-batch-size for valid")
+    p.add_argument("--stride", type=positive_int,
+                   help="transformer runs: slide the bptt-token windows by this many tokens (every token scored "
+                   "once, with at least bptt - stride + 1 tokens of context; default: bptt, windows side by side)")
     add_device_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -22,10 +25,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from lmfix.analysis.evaluate import evaluate_run
 
     for run in args.runs:
-        r = evaluate_run(run, args.split, args.batch_size, args.device, args.precision)
+        r = evaluate_run(run, args.split, args.batch_size, args.device, args.precision, args.stride)
         print(f"{run}: {r['split']} ppl {r['ppl']:.2f} (loss {r['loss']:.4f}, {r['tokens']:,} tokens, batch size "
-              f"{r['batch_size']}, bptt {r['bptt']}, {r['precision']}, {r['tokens_per_second']:,.0f} tok/s, "
-              f"step {r['step']:,})")
+              f"{r['batch_size']}, bptt {r['bptt']}, stride {r['stride']}, {r['precision']}, "
+              f"{r['tokens_per_second']:,.0f} tok/s, step {r['step']:,})")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""``lmfix bench head|train|embeddings``: every benchmark behind one command."""
+"""``lmfix bench head|train|embeddings|gpu``: every benchmark behind one command."""
 
 from __future__ import annotations
 
@@ -19,23 +19,37 @@ def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=positive_int, default=512, help="d (default: 512)")
     p.add_argument("--tokens", type=positive_int, default=700, help="tokens per step (default: 700 = 20 x 35)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per head (default: 5)")
-    p.add_argument("--layouts", default="dense,dense-fused,distinct,truncated",
-                   help="comma-separated heads; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss")
+    p.add_argument("--layouts",
+                   help="comma-separated rows; dense: F.linear + F.cross_entropy, dense-fused: lmfix's fused loss, "
+                   "distinct, truncated: the Hadamard heads; fwht, copy: the N x D transform and its memory floor; "
+                   "liger, cce, fwht-dao: peers, where installed (default: the four heads on CPU, every row on CUDA)")
     p.add_argument("--max-matrix-gb", type=float, default=4.0, help="skip the dense head above this matrix size")
     p.add_argument("--precision", default="fp32,bf16",
                    help="comma-separated precisions (fp32, bf16, auto), each head timed in each (default: fp32,bf16)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: CUDA events, CUDA peak memory")
+    p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=cmd_bench_head)
 
 
 def cmd_bench_head(args: argparse.Namespace) -> None:
-    from lmfix.bench.head import format_head_table, run_head_bench
+    import json
 
+    from lmfix import atomic
+    from lmfix.bench.head import HEADS, ROWS, format_head_table, run_head_bench
+
+    layouts = args.layouts.split(",") if args.layouts else (HEADS if args.device == "cpu" else ROWS)
     try:
-        results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, args.layouts.split(","),
-                                 max_matrix_gb=args.max_matrix_gb, precisions=args.precision.split(","))
-    except ValueError as exc:  # unknown head names, sizes a layout cannot serve
-        raise LmfixError(str(exc)) from exc
+        results = run_head_bench(args.vocab, args.dim, args.tokens, args.repeats, layouts,
+                                 max_matrix_gb=args.max_matrix_gb, precisions=args.precision.split(","),
+                                 device=args.device)
+    except (ValueError, RuntimeError) as exc:  # unknown rows or device, sizes a layout cannot serve
+        raise LmfixError(str(exc).splitlines()[0]) from exc
     print(format_head_table(results))
+    if args.json:
+        atomic.write_text(args.json, json.dumps(results, indent=2))
+    failed = [row["head"] for row in results if "failed" in row]
+    if failed:
+        raise LmfixError(f"{len(failed)} row(s) failed ({', '.join(failed)}); the table says why")
 
 
 def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
@@ -45,6 +59,7 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
         "learned, orthogonal, hadamard timed round-robin (5 rounds x 4 steps after 2 warm-up steps).",
     )
     p.add_argument("--corpus", help="corpus whose vocabulary and text are used")
+    p.add_argument("--model", help="the body of every variant: lstm (default), gru or transformer")
     for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup"):
         p.add_argument("--" + name.replace("_", "-"), type=positive_int)
     p.add_argument("--variants", help="comma-separated subset of plain,learned,orthogonal,hadamard")
@@ -62,13 +77,13 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     from lmfix import atomic
     from lmfix.bench.train import BenchTrainConfig, bench_train
 
-    names = ("corpus", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm")
+    names = ("corpus", "model", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.variants:
         given["variants"] = tuple(args.variants.split(","))
     cfg = BenchTrainConfig(**given, precisions=tuple(args.precision.split(",")))
     result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
-    print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} LSTM, batch {cfg.batch_size}, bptt {cfg.bptt}, "
+    print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} {cfg.model}, batch {cfg.batch_size}, bptt {cfg.bptt}, "
           f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}, "
           f"lmfix GEMM {result['gemm']}")
     print(f"{'variant':<16} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
@@ -139,8 +154,40 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
           "imports: one-off library imports, not timed")
 
 
+def _add_bench_gpu(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "gpu", help="the whole GPU session in one command: environment, CUDA tests, head and training benchmarks",
+        description="Each step runs in its own time-limited process and the next one runs after a failure; "
+        "everything lands in --out with a summary.md. --device cpu --quick rehearses every step on tiny sizes.",
+    )
+    p.add_argument("--out", required=True, help="directory for the results (created)")
+    p.add_argument("--device", default="cuda", help="cuda[:N] (default) or cpu (the rehearsal)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every step runs, measures nothing")
+    p.add_argument("--corpus", default="wikitext-2", help="corpus of the training steps (default wikitext-2)")
+    p.add_argument("--deadline", type=float, default=480.0,
+                   help="seconds after which no step starts and a running one is stopped (default 480, inside "
+                   "a 10-minute call)")
+    p.add_argument("--only", help="comma-separated steps to run (e.g. to rerun the failed ones)")
+    p.set_defaults(func=cmd_bench_gpu)
+
+
+def cmd_bench_gpu(args: argparse.Namespace) -> None:
+    from lmfix.bench.gpu import run_gpu_bench
+
+    try:
+        results = run_gpu_bench(args.out, args.device, args.quick, args.corpus, args.deadline,
+                                args.only.split(",") if args.only else None,
+                                progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as exc:  # unknown step names
+        raise LmfixError(str(exc)) from exc
+    bad = [r["step"] for r in results if r["status"] != "ok"]
+    print(f"{len(results) - len(bad)}/{len(results)} steps ok; summary: {args.out}/summary.md")
+    if bad:
+        raise LmfixError(f"steps not ok: {', '.join(bad)}; see {args.out}/summary.md")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and memory benchmarks on this machine")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    for add in (_add_bench_embeddings, _add_bench_train, _add_bench_head):
+    for add in (_add_bench_embeddings, _add_bench_train, _add_bench_head, _add_bench_gpu):
         add(bench_sub)

@@ -17,7 +17,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from lmfix.training.config import HELP, TrainConfig
 
     p = sub.add_parser(
-        "train", help="train an LSTM language model with a learned or fixed E",
+        "train", help="train a language model (LSTM, GRU or Transformer) with a learned or fixed E",
         description="Train into RUNS_DIR/NAME (config.toml, checkpoints, metrics.jsonl). Under torchrun "
         "(torchrun --nproc-per-node N -m lmfix train ...) it trains with DistributedDataParallel.",
     )
@@ -36,7 +36,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{HELP[f.name]} (default: {'on' if f.default else 'off'})")
         else:
-            default = "" if f.name == "lr" else f" (default: {f.default})"  # lr's help states its defaults
+            # these fields' help states their defaults (their unset value resolves to one)
+            default = "" if f.name in ("lr", "nhead", "positions") else f" (default: {f.default})"
             p.add_argument(flag, type=types.get(f.name, type(f.default)), default=None, metavar=f.name.upper(),
                            help=HELP[f.name] + default)
     p.set_defaults(func=cmd_train)

@@ -4,10 +4,12 @@ The corpus is cut into ``batch_size`` parallel streams (as pytorch/examples'
 ``batchify``); a :class:`BPTTStream` walks them in windows of ``bptt`` tokens,
 optionally of random length (AWD-LSTM), and can save and restore its exact
 position and random state so that a resumed run sees the same batches.
+``sliding_windows`` is evaluation's walk: the same windows, or overlapping ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,3 +78,20 @@ class BPTTStream:
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
         self.rng.bit_generator.state = state["rng"]
+
+
+def sliding_windows(data: torch.Tensor, bptt: int, stride: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows ``(x, y)`` of up to ``bptt`` inputs starting every ``stride`` tokens; ``y`` holds the targets of
+    x's last positions that no earlier window scored, so every target is scored exactly once.
+
+    ``stride == bptt`` gives ``BPTTStream``'s windows. With a smaller stride a body without state sees
+    more context: every token after the first window has at least ``bptt - stride + 1`` tokens of it.
+    """
+    if not 1 <= stride <= bptt:
+        raise ValueError(f"stride {stride} must be in [1, bptt = {bptt}]")
+    limit = data.size(0) - 1
+    start = scored = 0
+    while scored < limit:
+        end = min(start + bptt, limit)
+        yield data[start:end], data[scored + 1 : end + 1]
+        start, scored = start + stride, end

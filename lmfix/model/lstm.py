@@ -1,22 +1,18 @@
-"""The LSTM language model: embed with E, run stacked LSTMs, score with E again.
+"""The recurrent bodies' stack (AWD-LSTM, Merity et al. 2017) and the LSTM body.
 
-Everything about E (learned, frozen or generated) lives in the head
-(``lmfix.model.heads``); this file is the recurrent body and the dropouts of Merity
-et al. 2017 (AWD-LSTM), each off when its probability is zero:
+``nlayers`` single-layer RNNs (the last one outputs emsize) with two of AWD-LSTM's
+dropouts, each off at zero (the others act on the body's input and output, in
+``LanguageModel``, for every body):
 
-* ``dropoute``: drops whole words (every occurrence in the batch) from E;
-* ``dropouti`` / ``dropouth`` / ``dropout``: locked (variational) dropout on the
-  LSTM input, between layers, and on the output;
+* ``dropouth``: locked (variational) dropout between layers;
 * ``wdrop``: DropConnect on the hidden-to-hidden weights of every layer.
 
-In bf16 (``set_precision``) the body runs under ``torch.autocast`` (bf16 LSTM
-products, float32 weights); its output and the carried state are float32
-again before the head, which chooses its own operand dtype.
+One stack serves every torch RNN (``gru.py`` is the GRU); its state is each layer's
+tensors, carried from one window to the next.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -24,106 +20,57 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lmfix.model.heads import Head, ParamCounts, count_module
+from lmfix.model.body import Body, State, locked_dropout
+from lmfix.model.config import ModelConfig
 
-Hidden = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    emsize: int = 200
-    nhid: int = 200
-    nlayers: int = 2
-    dropout: float = 0.2
-    dropouth: float = 0.2
-    dropouti: float = 0.2
-    dropoute: float = 0.0
-    wdrop: float = 0.0
+LayerState = tuple[torch.Tensor, ...]
 
 
-def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout with one mask per sequence, shared over time (x: T x B x H)."""
-    if not training or p == 0:
-        return x
-    mask = x.new_empty(1, x.size(1), x.size(2)).bernoulli_(1 - p) / (1 - p)
-    return x * mask
+class RecurrentLayer(nn.Module):
+    """One single-layer ``rnn`` (``nn.LSTM``, ``nn.GRU``) whose hidden-to-hidden weights get DropConnect
+    while training."""
 
-
-class LSTMLayer(nn.Module):
-    """One ``nn.LSTM`` layer whose hidden-to-hidden weights get DropConnect while training."""
-
-    def __init__(self, input_size: int, hidden_size: int, wdrop: float) -> None:
+    def __init__(self, rnn: type[nn.RNNBase], input_size: int, hidden_size: int, wdrop: float) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size)
+        self.rnn = rnn(input_size, hidden_size)
         self.wdrop = wdrop
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    def forward(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+        hx = state if len(state) > 1 else state[0]  # nn.LSTM takes (h, c), nn.GRU h
         if self.training and self.wdrop > 0:
-            dropped = F.dropout(self.lstm.weight_hh_l0, self.wdrop, training=True)
-            return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, state))
-        return self.lstm(x, state)
+            dropped = F.dropout(self.rnn.weight_hh_l0, self.wdrop, training=True)
+            x, hx = functional_call(self.rnn, {"weight_hh_l0": dropped}, (x, hx))
+        else:
+            x, hx = self.rnn(x, hx)
+        return x, hx if isinstance(hx, tuple) else (hx,)
 
 
-class LanguageModel(nn.Module):
-    """Head embedding -> ``nlayers`` LSTMs (the last one outputs emsize) -> head loss or logits."""
+class RecurrentBody(Body):
+    """Stacked ``rnn`` layers with locked dropout between them; a subclass names the RNN."""
 
-    def __init__(self, head: Head, config: ModelConfig) -> None:
+    rnn: type[nn.RNNBase]
+    carried: int  # tensors each layer carries between windows
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if head.dim != config.emsize:
-            raise ValueError(f"head dim {head.dim} != emsize {config.emsize}")
-        self.head, self.config = head, config
-        self.autocast: torch.dtype | None = None  # bf16 runs: the body's autocast dtype
         sizes = [config.emsize] + [config.nhid] * (config.nlayers - 1) + [config.emsize]
-        self.layers = nn.ModuleList(LSTMLayer(i, o, config.wdrop) for i, o in pairwise(sizes))
+        self.layers = nn.ModuleList(RecurrentLayer(self.rnn, i, o, config.wdrop) for i, o in pairwise(sizes))
+        self.dropouth = config.dropouth
 
-    def set_precision(self, dtype: torch.dtype) -> None:
-        """float32, or bfloat16 operands in the body (autocast) and the head's products."""
-        self.autocast = None if dtype == torch.float32 else dtype
-        self.head.use_operands(dtype)
+    def init_state(self, batch_size: int) -> State:
+        ref = next(self.parameters())
+        return [(ref.new_zeros(1, batch_size, layer.rnn.hidden_size),) * self.carried for layer in self.layers]
 
-    def init_hidden(self, batch_size: int) -> Hidden:
-        ref = self.head.bias
-        return [(ref.new_zeros(1, batch_size, layer.lstm.hidden_size),) * 2 for layer in self.layers]
-
-    def features(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """ids (T, B) -> top-layer outputs (T, B, emsize) after output dropout, and the new state (float32)."""
-        if self.autocast is None:
-            return self._features(ids, hidden)
-        with torch.autocast(ids.device.type, dtype=self.autocast):
-            x, hidden = self._features(ids, hidden)
-        return x.float(), [(h.float(), c.float()) for h, c in hidden]
-
-    def _features(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        cfg = self.config
-        x = self.head.embed(ids)
-        if self.training and cfg.dropoute > 0:
-            keep = x.new_empty(self.head.vocab_size).bernoulli_(1 - cfg.dropoute) / (1 - cfg.dropoute)
-            x = x * keep[ids].unsqueeze(-1)
-        x = locked_dropout(x, cfg.dropouti, self.training)
-        new_hidden = []
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        new_state = []
         for i, layer in enumerate(self.layers):
-            x, state = layer(x, hidden[i])
-            new_hidden.append(state)
-            p = cfg.dropouth if i < len(self.layers) - 1 else cfg.dropout
-            x = locked_dropout(x, p, self.training)
-        return x, new_hidden
-
-    def forward(
-        self, ids: torch.Tensor, targets: torch.Tensor, hidden: Hidden, reduction: str = "mean"
-    ) -> tuple[torch.Tensor, Hidden]:
-        """Loss of predicting ``targets`` (T, B) from ``ids`` (T, B); the head may fuse it."""
-        x, hidden = self.features(ids, hidden)
-        return self.head.loss(x.reshape(-1, x.size(-1)), targets.reshape(-1), reduction), hidden
-
-    def logits(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """(T, B, V) next-word logits, for sampling."""
-        x, hidden = self.features(ids, hidden)
-        return self.head.logits(x), hidden
-
-    def counts(self) -> ParamCounts:
-        return count_module(self.layers) + self.head.counts()
+            x, layer_state = layer(x, state[i])
+            new_state.append(layer_state)
+            if i < len(self.layers) - 1:
+                x = locked_dropout(x, self.dropouth, self.training)
+        return x, new_state
 
 
-def detach_hidden(hidden: Hidden) -> Hidden:
-    """Cut the graph between BPTT windows (truncated backpropagation)."""
-    return [(h.detach(), c.detach()) for h, c in hidden]
+class LSTMBody(RecurrentBody):
+    rnn = nn.LSTM
+    carried = 2  # (h, c)

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -58,10 +59,17 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     return state
 
 
+def upgrade_weights(weights: dict) -> dict:
+    """Weights saved before the body interface named the LSTM's layers ``layers.N.lstm.*``; now the body holds
+    them: ``body.layers.N.rnn.*``. Newer names pass unchanged."""
+    return {re.sub(r"^layers\.(\d+)\.lstm\.", r"body.layers.\1.rnn.", k): v for k, v in weights.items()}
+
+
 def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
-    """``model.load_state_dict`` with a one-line error for weights of another shape (another run's file)."""
+    """``model.load_state_dict`` (of weights in any saved naming) with a one-line error for weights of another
+    shape (another run's file)."""
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(upgrade_weights(weights))
     except (RuntimeError, KeyError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path} does not fit the model its run's config.toml describes ({first}); "

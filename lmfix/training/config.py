@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lmfix import atomic
 from lmfix.errors import LmfixError
-from lmfix.model.registry import EMBEDS, FIXED
+from lmfix.model.config import POSITIONS, ModelConfig
+from lmfix.model.registry import BODIES, EMBEDS, FIXED, RECURRENT
 
 OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -39,14 +40,18 @@ HELP = {
     "alpha": "initial scale of a fixed classifier's logits (alpha * E x_hat + b)",
     "fix_alpha": "keep alpha at its initial value (not learned)",
     "normalize": "normalize x before a fixed classifier (x_hat = x / ||x||)",
-    "emsize": "size of E's rows (word vectors) and of the last LSTM's output",
-    "nhid": "hidden units of the LSTM layers below the last",
-    "nlayers": "LSTM layers",
-    "dropout": "locked dropout on the LSTM output",
-    "dropouth": "locked dropout between LSTM layers",
+    "model": f"the body: {', '.join(BODIES)}",
+    "emsize": "size of E's rows (word vectors) and of the body's output",
+    "nhid": "lstm, gru: hidden units of the layers below the last; transformer: feed-forward width",
+    "nlayers": "layers of the body",
+    "nhead": f"transformer: attention heads, a divisor of --emsize (default: {ModelConfig.nhead})",
+    "positions": f"transformer: {' or '.join(POSITIONS)} positions (default: {POSITIONS[0]}; learned: --bptt of them)",
+    "dropout": "locked dropout on the body's output",
+    "dropouth": "dropout inside the body: locked between lstm/gru layers, on the transformer's attention and "
+                "residual branches",
     "dropouti": "locked dropout on the input embeddings",
     "dropoute": "embedding dropout: drop whole words from E",
-    "wdrop": "DropConnect on the hidden-to-hidden weights",
+    "wdrop": "lstm, gru: DropConnect on the hidden-to-hidden weights",
     "optimizer": f"one of {', '.join(OPTIMIZERS)} (asgd: SGD, then averaging when validation stalls)",
     "lr": "learning rate (default 20 for sgd, 30 for asgd, 1e-3 for adam/adamw)",
     "lr_decay": "divide lr by this when validation does not improve (sgd, adam, adamw)",
@@ -56,7 +61,7 @@ HELP = {
     "batch_size": "sequences per batch (per process under torchrun)",
     "eval_batch_size": "batch size for validation during training",
     "bptt": "sequence length",
-    "variable_bptt": "AWD-LSTM random sequence lengths around --bptt",
+    "variable_bptt": "AWD-LSTM random sequence lengths around --bptt (not with learned positions)",
     "epochs": "passes over the training data",
     "max_tokens": "stop after this many training tokens, e.g. 2M (0: no limit)",
     "time_budget": "stop after this much wall time, e.g. 90s, 10m, 2h (0: no limit)",
@@ -93,10 +98,13 @@ class TrainConfig:
     alpha: float = 10.0
     fix_alpha: bool = False
     normalize: bool = True
-    # the LSTM
+    # the body
+    model: str = "lstm"
     emsize: int = 200
     nhid: int = 200
     nlayers: int = 2
+    nhead: int = 0  # unset: ModelConfig's default for the transformer; 0 for the recurrent bodies
+    positions: str = ""  # unset, as nhead
     dropout: float = 0.2
     dropouth: float = 0.2
     dropouti: float = 0.2
@@ -158,14 +166,36 @@ class TrainConfig:
             self.embed = load_artifact(self.embeddings).method
         if self.embeddings and self.embed not in FIXED:
             raise ConfigError(f"--embeddings FILE gives a fixed matrix; drop --embed {self.embed} (or the file)")
+        self._check_body()
+
+    def _check_body(self) -> None:
+        """Resolve the transformer's unset settings; refuse those the body does not have."""
+        if self.model not in BODIES:
+            raise ConfigError(f"unknown --model {self.model!r}; choose one of {', '.join(BODIES)}")
+        if self.model in RECURRENT:
+            for name in ("nhead", "positions"):
+                if getattr(self, name):
+                    raise ConfigError(f"--{name} is for --model transformer; drop it for --model {self.model}")
+            return
+        self.nhead = self.nhead or ModelConfig.nhead
+        self.positions = self.positions or ModelConfig.positions
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"unknown --positions {self.positions!r}; choose one of {', '.join(POSITIONS)}")
+        if self.nhead < 0 or self.emsize % self.nhead:
+            raise ConfigError(f"--nhead {self.nhead} must divide --emsize {self.emsize} (each head takes "
+                              f"emsize / nhead of it); pick a divisor of {self.emsize}")
+        if self.wdrop:
+            raise ConfigError(f"--wdrop is DropConnect on recurrent weights, which --model {self.model} has none "
+                              "of; drop it (--dropouth regularises its layers)")
+        if self.variable_bptt and self.positions == "learned":
+            raise ConfigError("--variable-bptt draws windows longer than --bptt, beyond the learned positions; "
+                              "use --positions sinusoidal or drop --variable-bptt")
 
     @property
     def fixed(self) -> bool:
         return self.embed in FIXED or bool(self.embeddings)
 
-    def model_config(self):
-        from lmfix.model.lstm import ModelConfig  # torch: imported only when a model is built
-
+    def model_config(self) -> ModelConfig:
         # ModelConfig's fields are a subset of ours, by name: no positional coupling.
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmfix.data.corpus import Corpus, load
-from lmfix.model.lstm import LanguageModel
+from lmfix.model.language_model import LanguageModel
 from lmfix.model.registry import make_head
 from lmfix.training.config import ConfigError, TrainConfig
 

@@ -3,7 +3,7 @@
 The loop is pytorch/examples' word_language_model (SGD, gradient clipping, lr
 divided by ``lr_decay`` when validation does not improve) with AWD-LSTM's
 options (NT-ASGD, variable-length BPTT) and Adam/AdamW. Everything that
-decides what happens next (weights, optimizer, RNG, data position, hidden
+decides what happens next (weights, optimizer, RNG, data position, the body's
 state, lr schedule) is in the checkpoint, so a killed run resumes exactly.
 
 Under ``torchrun`` every process trains on its own ``batch_size`` columns and
@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lmfix.data.batching import BPTTStream, batchify_split
+from lmfix.data.batching import BPTTStream, batchify_split, sliding_windows
 from lmfix.errors import LmfixError
-from lmfix.model.lstm import LanguageModel, detach_hidden
+from lmfix.model.body import map_state
+from lmfix.model.language_model import LanguageModel
 from lmfix.ops import gemm
 from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
@@ -94,7 +95,7 @@ class Trainer:
         self.valid_loss: float | None = None
         self.history: list[float] = []
         self.last_valid_step = self.last_checkpoint_step = -1
-        self.hidden = None
+        self.state = None  # the body's, carried between windows (None: none yet, or a body without)
         # this session only (not saved): the metrics window, the clock
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
         self._session_steps = 0
@@ -145,8 +146,8 @@ class Trainer:
         """Train until the epochs are done or a budget (or Ctrl-C) stops it; returns the stop reason."""
         reason = self._stop_reason()
         while reason is None and self.epoch < self.cfg.epochs:
-            if self.hidden is None:
-                self.hidden = self.model.init_hidden(self.cfg.batch_size)
+            if self.state is None:
+                self.state = self.model.init_state(self.cfg.batch_size)
             for x, y in self.stream:
                 self.train_step(x, y)
                 reason = self._stop_reason()
@@ -170,8 +171,8 @@ class Trainer:
         lr = self.lr * x.size(0) / self.cfg.bptt if self.cfg.variable_bptt else self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.hidden = detach_hidden(self.hidden)
-        loss, self.hidden = self.net(x, y, self.hidden)
+        self.state = self.model.detach(self.state)
+        loss, self.state = self.net(x, y, self.state)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip or math.inf)
@@ -198,7 +199,7 @@ class Trainer:
             self._validate()
             self._log()
         self.epoch += 1
-        self.hidden = None
+        self.state = None
         self._save_checkpoint()
 
     def _stop_reason(self) -> str | None:
@@ -304,8 +305,9 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if not all(torch.isfinite(p).all() for p in self.params):  # never replace a good checkpoint with this
             raise self._diverged(math.nan, math.nan, "weights")
-        local = {"rng": torch.get_rng_state(),
-                 "hidden": None if self.hidden is None else [[h.cpu(), c.cpu()] for h, c in self.hidden]}
+        # "hidden": the body's state; checkpoints from before the body interface hold the LSTM's as
+        # [[h, c], ...] per layer, the same layout, so they resume as they are
+        local = {"rng": torch.get_rng_state(), "hidden": map_state(torch.Tensor.cpu, self.state)}
         if self.device.type == "cuda":
             local["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         ranks = [local]
@@ -362,8 +364,7 @@ class Trainer:
         torch.set_rng_state(mine["rng"])
         if "cuda_rng" in mine and self.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
-        if mine["hidden"] is not None:
-            self.hidden = [(h.to(self.device), c.to(self.device)) for h, c in mine["hidden"]]
+        self.state = map_state(lambda t: t.to(self.device), mine["hidden"])
         p = state["progress"]
         self.step, self.epoch, self.tokens = p["step"], p["epoch"], p["tokens"]
         self.elapsed, self.train_seconds, self.lr = p["elapsed"], p["train_seconds"], p["lr"]
@@ -421,14 +422,19 @@ class Trainer:
 
 
 @torch.no_grad()
-def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int) -> tuple[float, int]:
-    """Mean cross entropy (nats/token) over batchified ``data`` and the number of tokens scored."""
+def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int, stride: int | None = None) -> tuple[float, int]:
+    """Mean cross entropy (nats/token) over batchified ``data`` and the number of tokens scored.
+
+    Windows of ``bptt`` tokens, one after the other; a ``stride`` below ``bptt`` slides
+    them instead (for a body without state: see ``sliding_windows``), each token still
+    scored once.
+    """
     was_training = model.training
     model.eval()
-    hidden = model.init_hidden(data.size(1))
+    state = model.init_state(data.size(1))
     total, count = 0.0, 0
-    for x, y in BPTTStream(data, bptt):
-        loss, hidden = model(x, y, hidden, reduction="sum")
+    for x, y in sliding_windows(data, bptt, stride or bptt):
+        loss, state = model(x, y, state, reduction="sum")
         total += loss.item()
         count += y.numel()
     model.train(was_training)
