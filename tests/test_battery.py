@@ -170,6 +170,9 @@ CASES = [
     ("bench train --precision fp8", "fp8"),
     ("bench train --corpus {ws}/missing", "not found"),
     ("bench train --gemm fast", "fast"),
+    ("bench train --device tpu", "unknown --device 'tpu'"),
+    ("bench train --device cuda", "no CUDA GPU is visible"),
+    ("bench head --device cuda", "no CUDA GPU is visible"),
     ("bench embeddings --corpus {ws}/missing", "not found"),
     ("bench bogus", "invalid choice: 'bogus'"),
     # no such command or flag

@@ -112,10 +112,9 @@ def plan(out: Path, device: str, quick: bool, corpus: str) -> list[Step]:
                                  "--tokens", str(tokens), "--repeats", str(sizes.head_repeats), "--layouts", _HEAD_ROWS,
                                  "--precision", precisions, "--json", str(out / f"{name}.json")),
                           150, (f"{name}.json",)))
-    # bench train has no --device yet (it times on CPU): the flag is passed only where it is needed.
     steps.append(Step("bench-train", (*lmfix, "bench", "train", "--corpus", corpus, *sizes.model, *sizes.bench,
                                       "--precision", precisions, "--json", str(out / "bench-train.json"),
-                                      *(("--device", device) if cuda else ())),
+                                      "--device", device),
                       180, ("bench-train.json",)))
     for variant in TRAIN_VARIANTS:
         steps.append(Step(f"train-{variant}", (*lmfix, "train", "--corpus", corpus, "--embed", variant, *sizes.model,

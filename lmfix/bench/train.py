@@ -27,7 +27,7 @@ from lmfix.model.transformer import sinusoidal
 from lmfix.ops import gemm
 from lmfix.ops.precision import resolve_precisions
 from lmfix.training.config import ConfigError, TrainConfig
-from lmfix.training.distributed import Dist
+from lmfix.training.distributed import Dist, resolve_device
 from lmfix.training.trainer import Trainer
 
 VARIANTS = ("plain", "learned", "orthogonal", "hadamard")
@@ -48,6 +48,7 @@ class BenchTrainConfig:
     variants: tuple[str, ...] = VARIANTS
     precisions: tuple[str, ...] = ("fp32",)  # each variant is timed in each (fp32, bf16)
     gemm: str | None = None  # backend of lmfix's dense heads ($LMFIX_GEMM when None); plain always uses F.linear
+    device: str = "cpu"  # cpu, cuda, cuda:N (auto: cuda when there is one)
 
 
 class PlainRNN(nn.Module):
@@ -98,12 +99,14 @@ def _windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torc
         yield from stream
 
 
-def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, precision: str) -> Callable[[], None]:
+def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, precision: str,
+                   device: torch.device) -> Callable[[], None]:
     """pytorch/examples' step; in bf16 the forward and loss run under ``torch.autocast`` (plain AMP)."""
     if base.model == "transformer":
         model = PlainTransformer(vocab_size, base.emsize, base.nhead, base.nhid, base.nlayers)
     else:
         model = PlainRNN({"lstm": nn.LSTM, "gru": nn.GRU}[base.model], vocab_size, base.emsize, base.nhid, base.nlayers)
+    model, data = model.to(device), data.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=20.0)
     windows = _windows(data, base.bptt)
     state = {"hidden": None}
@@ -111,7 +114,7 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
     def step() -> None:
         x, y = next(windows)
         hidden = _repackage(state["hidden"])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits, state["hidden"] = model(x, hidden)
             loss = F.cross_entropy(logits.view(-1, vocab_size), y.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -122,9 +125,10 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
     return step
 
 
-def _lmfix_stepper(base: TrainConfig, embed: str, run_dir: Path, precision: str) -> Callable[[], None]:
+def _lmfix_stepper(base: TrainConfig, embed: str, run_dir: Path, precision: str,
+                   device: torch.device) -> Callable[[], None]:
     config = replace(base, embed=embed, precision=precision)
-    trainer = Trainer(config, run_dir, Dist(), torch.device("cpu"), lambda event: None)
+    trainer = Trainer(config, run_dir, Dist(), device, lambda event: None)
     trainer.state = trainer.model.init_state(config.batch_size)
     windows = _windows(trainer.stream.data, config.bptt)
     return lambda: trainer.train_step(*next(windows))
@@ -138,9 +142,10 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     # every variant's settings, checked (--model, sizes) before anything loads; no dropout, as plain
     base = TrainConfig(corpus=cfg.corpus, model=cfg.model, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
                        dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt,
-                       device="cpu")
+                       device=cfg.device)
+    device = resolve_device(cfg.device)
     backend = gemm.resolve(cfg.gemm or gemm.configured())  # checked before the corpus is loaded
-    precisions = resolve_precisions(cfg.precisions, torch.device("cpu"))
+    precisions = resolve_precisions(cfg.precisions, device)
     from lmfix.training.setup import load_corpus
 
     corpus = load_corpus(base)
@@ -154,18 +159,22 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 progress(f"building {key}")
                 if name == "plain":
                     data = batchify(corpus.train, cfg.batch_size)
-                    steppers[key] = _plain_stepper(base, data, vocab_size, precision)
+                    steppers[key] = _plain_stepper(base, data, vocab_size, precision, device)
                 else:
-                    steppers[key] = _lmfix_stepper(base, name, Path(tmp), precision)
+                    steppers[key] = _lmfix_stepper(base, name, Path(tmp), precision, device)
         for step in steppers.values():
             for _ in range(cfg.warmup):
                 step()
         samples: dict[str, list[float]] = {name: [] for name in steppers}
+        # a GPU runs ahead of Python: wait for its queue before each clock read
+        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
         for r in range(cfg.rounds):
             for name, step in steppers.items():
                 for _ in range(cfg.steps):
+                    sync()
                     start = time.perf_counter()
                     step()
+                    sync()
                     samples[name].append(time.perf_counter() - start)
             progress(f"round {r + 1}/{cfg.rounds}: " + ", ".join(
                 f"{n} {_tok_s(cfg, s):,.0f} tok/s" for n, s in samples.items()))
@@ -188,7 +197,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
             ratios[f"{_key(name, precision)} / {name} fp32"] = speed[_key(name, precision)] / speed[name]
     return {
         "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend, "device": str(device),
         "variants": results, "ratios": ratios,
     }
 

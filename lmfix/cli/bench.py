@@ -67,6 +67,7 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
                    help="comma-separated precisions to time each variant in: fp32, bf16, auto (default: fp32)")
     p.add_argument("--gemm", help="GEMM backend of lmfix's dense heads: auto, onednn or torch (default $LMFIX_GEMM "
                    "or auto); plain always uses F.linear")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_train)
 
@@ -77,7 +78,8 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     from lmfix import atomic
     from lmfix.bench.train import BenchTrainConfig, bench_train
 
-    names = ("corpus", "model", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm")
+    names = ("corpus", "model", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm",
+             "device")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.variants:
         given["variants"] = tuple(args.variants.split(","))
@@ -85,7 +87,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     result = bench_train(cfg, progress=lambda line: print(line, file=sys.stderr))
     print(f"{cfg.nlayers}-layer {cfg.emsize}/{cfg.nhid} {cfg.model}, batch {cfg.batch_size}, bptt {cfg.bptt}, "
           f"V={result['vocab_size']:,} ({result['corpus']}), {result['threads']} threads, torch {result['torch']}, "
-          f"lmfix GEMM {result['gemm']}")
+          f"lmfix GEMM {result['gemm']}, {result['device']}")
     print(f"{'variant':<16} {'median tok/s':>13} {'median ms/step':>15} {'min':>8} {'max':>8} {'steps':>6}")
     for name, r in result["variants"].items():
         print(f"{name:<16} {r['median_tok_s']:>13,.0f} {r['median_step_ms']:>15,.1f} {r['min_step_ms']:>8,.1f} "
