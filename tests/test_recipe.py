@@ -202,6 +202,7 @@ def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_pa
     assert all(sorted(p.name for p in (results / run).iterdir()) == sorted(RECORD_FILES)
                for run in ("hadamard-seed1", "learned-seed1"))  # never a checkpoint
     assert first.report == results / "report.md" and "| hadamard |" in first.report.read_text()
+    assert "**1 of the recipe's runs are not finished yet**: learned-seed2" in first.report.read_text()
 
     # Another machine, nothing trained there: the committed records stand, only seed 2 trains.
     events = []
@@ -210,10 +211,11 @@ def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_pa
         ("adopt", "learned-seed1"), ("adopt", "hadamard-seed1"), ("train", "learned-seed2")]
     assert not (tmp_path / "machine-b" / "learned-seed1").exists()
     assert "| learned | learned | 1, 2 |" in second.table and "| hadamard |" in second.table
+    assert "not finished yet" not in second.report.read_text() and "- **hadamard**" in second.report.read_text()
 
     # A report of one selected run still shows every committed record.
     third = run_recipe(load_recipe(folder).select(["hadamard"]), output=tmp_path / "machine-c")
-    assert "| learned | learned | 1, 2 |" in third.table
+    assert "| learned | learned | 1, 2 |" in third.table and "- **learned**" in third.report.read_text()
 
     # A record trained with other settings than the recipe now asks for is not adopted.
     (folder / "recipe.toml").write_text((folder / "recipe.toml").read_text().replace("nhid = 16", "nhid = 12"))

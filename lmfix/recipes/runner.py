@@ -60,8 +60,12 @@ class Recipe:
     # [recipe] seeds = [...]: every variant once per seed (run and embedding seed alike), run
     # directories VARIANT-seedN; empty: one run per variant, named VARIANT, with [train]'s seeds.
     seeds: tuple[int, ...] = ()
-    # every run name of the recipe as loaded, kept through select(): the report shows every committed record
-    everything: tuple[str, ...] = ()
+    # the recipe as loaded, kept through select(): the report covers every run of it
+    loaded: Recipe | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def full(self) -> Recipe:
+        return self.loaded or self
 
     @property
     def results(self) -> Path:
@@ -170,7 +174,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         evaluate=raw.get("evaluate", {}),
         seeds=_seeds(path / RECIPE_FILE, meta.get("seeds", [])),
     )
-    recipe = replace(recipe, everything=tuple(name for name, _, _ in recipe.runs()))
+    recipe = replace(recipe, loaded=recipe)
     for variant in recipe.variants:  # fail on a bad setting before hours of training, not after
         try:
             recipe.config(variant)
@@ -252,13 +256,15 @@ def run_recipe(
                     (tmp / file).write_bytes((run_dir / file).read_bytes())
         compared.append(record if as_written else run_dir)
     report_dir = recipe.results if as_written else out
+    missing = []
     if as_written:  # the report covers every committed run, also those this call did not select
         shown = set(compared)
-        compared = [r for r in (recipe.results / n for n in recipe.everything)
-                    if r in shown or _evaluated(r, split, batch_size)]
+        everything = [recipe.results / name for name, _, _ in recipe.full.runs()]
+        missing = [r.name for r in everything if r not in shown and not _evaluated(r, split, batch_size)]
+        compared = [r for r in everything if r.name not in missing]
     table, plots = compare_runs(compared, report_dir)
     report = report_dir / REPORT
-    atomic.write_text(report, _report(recipe, table, plots, report_dir))
+    atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
 
 
@@ -285,8 +291,12 @@ def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | No
         )
 
 
-def _report(recipe: Recipe, table: str, plots: list[Path], out: Path) -> str:
-    lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{_shown(recipe.path)}`", "", table, ""]
+def _report(recipe: Recipe, table: str, plots: list[Path], out: Path, missing: list[str]) -> str:
+    lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{_shown(recipe.path)}`", ""]
+    if missing:
+        lines += [f"**{len(missing)} of the recipe's runs are not finished yet**: {', '.join(missing)} "
+                  f"(`lmfix run {_shown(recipe.path)}` trains them).", ""]
+    lines += [table, ""]
     lines += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
     lines += ["", "Variants:", ""] + [f"- **{v.name}**: {v.description}" for v in recipe.variants]
     return "\n".join(lines) + "\n"
