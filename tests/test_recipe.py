@@ -228,3 +228,29 @@ def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Pa
     before = sorted(p.name for p in folder.iterdir())
     result = run_recipe(load_recipe(folder), output=tmp_path / "out", overrides={"max_tokens": 100})
     assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"
+
+
+def test_the_readme_shows_the_committed_results_of_the_real_budget_recipe():
+    """The README's table is the one the committed records give, row for row (no pasted numbers)."""
+    from lmfix.analysis.compare import TABLE
+    from lmfix.recipes.runner import DEMO_ANSWER
+
+    readme = (RECIPES_DIR.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in (DEMO_ANSWER / "results" / TABLE).read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ")]
+    assert rows and all(row in readme for row in rows)
+
+
+def test_the_demo_ends_on_committed_results_labelled_as_such(tmp_path: Path, tiny_corpus_dir: Path, capsys):
+    from lmfix.cli.recipes import _print_committed
+
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {"learned": '[train]\nembed = "learned"\n'},
+                         "seeds = [1, 2]\n")
+    _print_committed(folder, "a live run")
+    assert "(no committed results yet in recipes/r/results/)" in capsys.readouterr().out
+    run_recipe(load_recipe(folder).select_seeds([1]), output=tmp_path / "out")
+    capsys.readouterr()
+    _print_committed(folder, "a live run")
+    out = capsys.readouterr().out
+    assert "Above: the live demo, a live run" in out and "trained earlier with `lmfix run recipes/r`, not now" in out
+    assert "not finished yet**: learned-seed2" in out and "| learned-seed1 | learned |" in out
