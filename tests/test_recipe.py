@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,8 @@ def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_pa
     assert sorted(p.name for p in results.iterdir() if p.is_dir()) == ["hadamard-seed1", "learned-seed1"]
     assert all(sorted(p.name for p in (results / run).iterdir()) == sorted(RECORD_FILES)
                for run in ("hadamard-seed1", "learned-seed1"))  # never a checkpoint
+    recorded = json.loads((results / "hadamard-seed1" / "summary.json").read_text())["embedding"]
+    assert recorded["id"] and "path" not in recorded  # no path of this machine in a committed file
     assert first.report == results / "report.md" and "| hadamard |" in first.report.read_text()
     assert "**1 of the recipe's runs are not finished yet**: learned-seed2" in first.report.read_text()
 

@@ -251,9 +251,7 @@ def run_recipe(
             on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
         if as_written:
-            with atomic.atomic_dir(record) as tmp:
-                for file in RECORD_FILES:
-                    (tmp / file).write_bytes((run_dir / file).read_bytes())
+            _record(run_dir, record)
         compared.append(record if as_written else run_dir)
     report_dir = recipe.results if as_written else out
     missing = []
@@ -266,6 +264,17 @@ def run_recipe(
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
+
+
+def _record(run_dir: Path, record: Path) -> None:
+    """Copy a finished run's record for committing; the artifact is named by its id, not this machine's path."""
+    with atomic.atomic_dir(record) as tmp:
+        for file in RECORD_FILES:
+            (tmp / file).write_bytes((run_dir / file).read_bytes())
+        summary = checkpoint.read_json(tmp / checkpoint.SUMMARY)
+        if summary.get("embedding"):
+            summary["embedding"].pop("path", None)
+            checkpoint.write_json(tmp / checkpoint.SUMMARY, summary)
 
 
 def _evaluated(run_dir: Path, split: str, batch_size: int | None) -> bool:
