@@ -297,11 +297,10 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
                     result.append((f"{name} (mean of {len(members)} seeds, band: min-max)", tokens, mean, low, high))
                 continue
             run = members[0]
-            points = [(m["tokens"], m[key]) for m in run.metrics if m.get(key) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
+            curve = _curve(run, key)
+            if curve:
                 label = run.name if run.name == variant(run) else f"{run.name} ({variant(run)})"
-                result.append((label, list(xs), list(ys)))
+                result.append((label, list(curve), list(curve.values())))
         return result
 
     plots = [_plot(out_dir / VALID_PLOT, "Validation perplexity", "valid perplexity", series("valid_ppl", runs), True)]
