@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfix.analysis.compare import Run, compare_runs, gap_series
+from lmfix.analysis.compare import Run, compare_runs, gap_series, precision_table, variant
 from lmfix.analysis.evaluate import evaluate_run
 from lmfix.cli import main
 from lmfix.training.trainer import train
@@ -81,3 +81,21 @@ def test_gap_curves_pair_each_seed_with_the_learned_run_of_that_seed(tiny_corpus
     assert np.allclose(pmi[2:], [[15.0, -5.0], [10.0, -10.0], [20.0, 0.0]])
     assert hadamard[:2] == ("hadamard", [100, 200]) and np.allclose(hadamard[2], [-50.0, 50.0]) and len(hadamard) == 3
     assert gap_series([r for r in runs if r.config.embed != "learned"]) == []  # no baseline, no gap
+
+
+def test_precision_pairs_each_bf16_group_with_the_same_variant_in_fp32(tiny_corpus_dir: Path):
+    def run(name: str, embed: str, seed: int, precision: str, test_ppl: float) -> Run:
+        config = tiny_config(tiny_corpus_dir, embed=embed, seed=seed, embed_seed=seed, precision=precision)
+        return Run(Path(name), config, {}, {"test": {"ppl": test_ppl}}, [])
+
+    runs = [run("pmi-seed1", "pmi", 1, "fp32", 100.0), run("pmi-seed2", "pmi", 2, "fp32", 200.0),
+            run("learned-seed1", "learned", 1, "fp32", 90.0),
+            run("pmi-bf16-seed1", "pmi", 1, "bf16", 101.0), run("pmi-bf16-seed2", "pmi", 2, "bf16", 198.0),
+            run("learned-bf16-seed3", "learned", 3, "bf16", 95.0)]  # no fp32 run of seed 3: no pair
+    table = precision_table(runs)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "group" not in line]
+    # pmi: +1% and -1% paired by seed: mean 0.0 over 2 seeds
+    assert rows[0].startswith("| pmi-bf16 | pmi | +0.0% [") and rows[0].endswith("(2 seeds) |")
+    assert rows[1] == "| learned-bf16 | learned | — |"
+    assert variant(runs[3]) == "pmi bf16" and variant(runs[0]) == "pmi"
+    assert precision_table(runs[:3]) is None  # no other precision: no table

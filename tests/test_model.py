@@ -92,6 +92,48 @@ def test_fused_dense_loss_matches_autograd(make_head, reduction: str, gemm: str,
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def _tied_reference_grad(head: LearnedHead, steps) -> torch.Tensor:
+    """E's gradient from plain autograd (F.embedding + F.linear), summed over ``steps`` of (ids, transform, y)."""
+    w = head.weight.detach().clone().requires_grad_(True)
+    for ids, m, y in steps:
+        x = torch.tanh(F.embedding(ids, w) @ m)
+        F.cross_entropy(F.linear(x, w, head.bias.detach()), y).backward()
+    return w.grad
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_tied_gradient_adds_both_uses_of_e(precision):
+    """The lookup's rows go into the loss's gradient of E in place (TiedGradient): still the sum of both
+    uses, also over two accumulated backward passes (gradient accumulation)."""
+    head = LearnedHead(V, D)
+    head.use_operands(precision)
+    g = torch.Generator().manual_seed(1)
+    steps = [(torch.randint(V, (30,), generator=g), torch.randn(D, D, generator=g) / 4,
+              torch.randint(V, (30,), generator=g)) for _ in range(2)]
+    for ids, m, y in steps:
+        head.loss(torch.tanh(head.embed(ids) @ m), y).backward()
+    tol = {"rtol": 1e-4, "atol": 1e-6} if precision == torch.float32 else {"rtol": 0.05, "atol": 2e-3}
+    torch.testing.assert_close(head.weight.grad, _tied_reference_grad(head, steps), **tol)
+
+
+def test_tied_gradient_without_the_fused_loss_in_the_same_pass():
+    """A lookup whose backward has no fused loss of E in its pass (per-token losses, or the loss
+    ran in an earlier pass) sends its own gradient: nothing is dropped or added twice."""
+    head = LearnedHead(V, D)
+    ids, y = torch.randint(V, (12,)), torch.randint(V, (12,))
+    m = torch.eye(D)
+    head.loss(torch.tanh(head.embed(ids) @ m), y, reduction="none").mean().backward()
+    torch.testing.assert_close(head.weight.grad, _tied_reference_grad(head, [(ids, m, y)]))
+    head.weight.grad = None
+    rows = head.embed(ids)
+    loss = head.loss(torch.randn(12, D), y)  # takes the lookup's link, but the rows are not in its graph
+    loss.backward()
+    first = head.weight.grad.clone()
+    rows.sum().backward()  # a later pass: the rows' gradient (ones) is added, not lost
+    expected = first.index_add(0, ids, torch.ones(12, D))
+    torch.testing.assert_close(head.weight.grad, expected)
+
+
 def test_chunks_are_even_and_bounded():
     assert chunk_rows(700, 33278) == 234  # 3 chunks of <= 252 rows, not 252 + 252 + 196
     assert chunk_rows(5, 33278) == 5

@@ -11,7 +11,7 @@ validation perplexity is from the learned tied run's as training goes on.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmfix import atomic
@@ -21,10 +21,11 @@ from lmfix.model.registry import FIXED
 from lmfix.training import checkpoint
 from lmfix.training.config import TrainConfig
 
-# Fields runs being compared may differ in: the matrix (and its seed), the run seed, and where or how
-# verbosely they ran. Any other difference means the runs answer different questions.
-MAY_DIFFER = frozenset({"embed", "embeddings", "embed_seed", "seed", "device", "verify", "data_dir", "log_interval",
-                        "checkpoint_interval"})
+# Fields runs being compared may differ in: the matrix (and its seed), the run seed, the precision (does
+# bf16 change the answer?), and where or how verbosely they ran. Any other difference means the runs answer
+# different questions.
+MAY_DIFFER = frozenset({"embed", "embeddings", "embed_seed", "seed", "precision", "device", "verify", "data_dir",
+                        "log_interval", "checkpoint_interval"})
 HEAD_OPTIONS = ("alpha", "fix_alpha", "normalize")  # only a fixed head reads them
 TABLE = "compare.md"
 VALID_PLOT = "valid_ppl.png"
@@ -98,7 +99,7 @@ def variant(run: Run) -> str:
     if cfg.fixed:
         extras = [x for x, on in (("fixed alpha", cfg.fix_alpha), ("no norm", not cfg.normalize)) if on]
         name += f" ({', '.join(extras)})" if extras else ""
-    return name
+    return name if cfg.precision == "fp32" else f"{name} {cfg.precision}"
 
 
 def markdown_table(runs: list[Run]) -> str:
@@ -173,6 +174,33 @@ def seeds_table(runs: list[Run]) -> str | None:
     if base is None:
         notes.append("No learned tied group among these runs: no paired changes.")
     return "\n".join(lines + notes) + "\n"
+
+
+def precision_table(runs: list[Run]) -> str | None:
+    """Each group trained in another precision against the same variant in fp32, test perplexity paired by
+    seed; None when there is no such pair."""
+    grouped = groups(runs)
+
+    def key(members: list[Run]) -> TrainConfig:  # the settings a pair shares
+        return replace(members[0].config, precision="fp32", seed=0, embeddings="", embed_seed=0)
+
+    def by_seed(members: list[Run]) -> dict[int, float]:
+        return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
+
+    fp32 = [(key(m), name, m) for name, m in grouped.items() if m[0].config.precision == "fp32"]
+    lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
+    for name, members in grouped.items():
+        if members[0].config.precision == "fp32":
+            continue
+        for settings, base_name, base in fp32:
+            if settings == key(members):
+                change = paired_change(by_seed(members), by_seed(base))
+                lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
+                break
+    if len(lines) == 2:
+        return None
+    return "\n".join(lines + ["", "The same variant and seeds in another precision: what the precision alone "
+                                "changes."]) + "\n"
 
 
 def _band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -280,8 +308,9 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
     over_seeds = seeds_table(runs)
-    if over_seeds:
-        table += "\n" + over_seeds
+    for extra in (over_seeds, precision_table(runs)):
+        if extra:
+            table += "\n" + extra
     if differ:
         table += f"\nWarning: these runs differ in more than the matrix and the seeds: {described}.\n"
     out_dir = Path(out_dir)

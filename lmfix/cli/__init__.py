@@ -17,6 +17,7 @@ import warnings
 from lmfix import __version__
 from lmfix.cli import analysis, bench, data, embeddings, recipes, train
 from lmfix.errors import LmfixError
+from lmfix.heap import retain_freed_memory
 
 # Order is the order of `lmfix --help`.
 COMMAND_GROUPS = (data, embeddings, train, analysis, recipes, bench)
@@ -40,6 +41,7 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _warning_line
+    retain_freed_memory()
     try:
         args.func(args)
     except LmfixError as exc:

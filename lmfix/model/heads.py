@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmfix.ops import HadamardLayout, dense_cross_entropy, gemm, hadamard_cross_entropy, hadamard_logits
-from lmfix.ops.dense_loss import chunk_rows
+from lmfix.ops.dense_loss import TiedGradient, chunk_rows, tied_embedding
 from lmfix.ops.gemm import linear
 
 
@@ -97,11 +97,15 @@ class LearnedHead(Head):
         self.out_weight = None if tied else nn.Parameter(torch.empty(vocab_size, dim).uniform_(-init_range, init_range))
         self.bias = nn.Parameter(torch.zeros(vocab_size))
         self._rounded: tuple[tuple, torch.Tensor | None] = ((), None)
+        self._link: TiedGradient | None = None  # from the last lookup, for the next loss
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        # Tied: a sparse gradient for the looked-up rows is added into the classifier's dense
-        # gradient of E, instead of materialising (and adding) a second V x d gradient.
-        return F.embedding(ids, self.weight, sparse=self.tied)
+        if not (self.tied and torch.is_grad_enabled() and self.weight.requires_grad):
+            return F.embedding(ids, self.weight)
+        # Tied: the looked-up rows' gradient is added in place into the loss's dense gradient of E
+        # (see TiedGradient), instead of materialising (and adding) a second V x d gradient.
+        rows, self._link = tied_embedding(ids, self.weight)
+        return rows
 
     def classifier(self) -> torch.Tensor:
         return self.weight if self.out_weight is None else self.out_weight
@@ -122,8 +126,9 @@ class LearnedHead(Head):
             return super().loss(x, target, reduction)
         low = self.operand_weight()
         packed = None if low is self.classifier() else (low, low.t())
+        link, self._link = self._link, None
         return dense_cross_entropy(x, target, self.classifier(), self.bias, reduction=reduction, packed=packed,
-                                   operands=self.operands)
+                                   operands=self.operands, tied=link)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         w = self.operand_weight()
