@@ -125,8 +125,10 @@ class _DenseCrossEntropy(torch.autograd.Function):
         # (per-chunk bf16 products would each need a float32 pass over the V x d gradient).
         keep_g = low and needs[3]
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs[3] and not keep_g else None
-        w = weight.to(operands)  # no copy when it already is (float32, or a frozen bf16 E)
-        forward_w, backward_w = packed or (w, w.t())
+        if packed is None:
+            w = weight.to(operands)  # no copy when it already is (float32, or a frozen bf16 E)
+            packed = w, w.t()
+        forward_w, backward_w = packed
         # One float32 logits buffer for all chunks, where the backend writes into it (not oneDNN).
         buffer = None if uses_onednn(x, forward_w) else x.new_empty(rows * weight.shape[0])
         g_buffer = x.new_empty((x.shape[0] if keep_g else rows) * weight.shape[0], dtype=operands) \
