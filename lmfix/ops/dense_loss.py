@@ -141,7 +141,8 @@ class _DenseCrossEntropy(torch.autograd.Function):
             if low:
                 # bf16 product; bias, softmax and loss in float32. -log p(target) from the fused softmax:
                 # exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
-                logits = torch.add(linear(xs.to(operands), forward_w), bias, out=out)
+                logits = linear(xs.to(operands), forward_w)  # bf16 product; widened, then the bias added
+                logits = (logits.float() if out is None else out.copy_(logits)).add_(bias)
                 g = torch.softmax(logits, 1)
                 total -= g[at, yc].clamp_min(_TINY).log().sum()
                 if not need_g:
