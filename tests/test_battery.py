@@ -167,6 +167,7 @@ CASES = [
     ("bench head --precision fp8", "fp8"),
     ("bench train --variants bogus", "bogus"),
     ("bench train --rounds 0", "--rounds"),
+    ("bench train --profile 0", "--profile"),
     ("bench train --precision fp8", "fp8"),
     ("bench train --corpus {ws}/missing", "not found"),
     ("bench train --gemm fast", "fast"),

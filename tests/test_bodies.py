@@ -253,6 +253,19 @@ def test_bench_train_times_every_body(model: str, tiny_corpus_dir: Path):
                            bptt=5, rounds=1, steps=1, warmup=1, variants=("plain", "learned", "hadamard"))
     result = bench_train(cfg)
     assert set(result["variants"]) == {"plain", "learned", "hadamard"} and result["config"]["model"] == model
+    assert result["profile"] == {}
+
+
+def test_bench_train_profile_names_the_ops_that_take_the_time(tiny_corpus_dir: Path, capsys):
+    args = ["bench", "train", "--corpus", str(tiny_corpus_dir), "--emsize", "16", "--nhid", "16", "--nlayers", "1",
+            "--batch-size", "2", "--bptt", "5", "--rounds", "1", "--steps", "1", "--warmup", "1",
+            "--variants", "learned", "--profile", "2"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    profile = out[out.index("profile of learned (2 steps"):].splitlines()[1:]
+    ms = [float(line.split()[0]) for line in profile]
+    assert 1 <= len(ms) <= 12 and ms == sorted(ms, reverse=True) and ms[0] > 0
+    assert any(line.split()[-1].startswith("aten::") for line in profile)
 
 
 # --------------------------------------------------------------------------- runs from before the body interface

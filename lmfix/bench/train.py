@@ -49,6 +49,7 @@ class BenchTrainConfig:
     precisions: tuple[str, ...] = ("fp32",)  # each variant is timed in each (fp32, bf16)
     gemm: str | None = None  # backend of lmfix's dense heads ($LMFIX_GEMM when None); plain always uses F.linear
     device: str = "cpu"  # cpu, cuda, cuda:N (auto: cuda when there is one)
+    profile: int = 0  # after the timing, this many steps of each variant under torch.profiler (0: none)
 
 
 class PlainRNN(nn.Module):
@@ -178,6 +179,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                     samples[name].append(time.perf_counter() - start)
             progress(f"round {r + 1}/{cfg.rounds}: " + ", ".join(
                 f"{n} {_tok_s(cfg, s):,.0f} tok/s" for n, s in samples.items()))
+        profiles = {name: _profile(step, cfg.profile, device) for name, step in steppers.items()} if cfg.profile else {}
     tokens = cfg.batch_size * cfg.bptt
     results = {
         name: {"median_tok_s": _tok_s(cfg, s), "median_step_ms": 1000 * statistics.median(s),
@@ -198,8 +200,26 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     return {
         "config": asdict(cfg), "corpus": corpus.name, "vocab_size": vocab_size, "tokens_per_step": tokens,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend, "device": str(device),
-        "variants": results, "ratios": ratios,
+        "variants": results, "ratios": ratios, "profile": profiles,
     }
+
+
+def _profile(step: Callable[[], None], steps: int, device: torch.device, top: int = 12) -> dict:
+    """Where a step's time goes: the ops with the most self time (ms per step; device time on CUDA), by
+    torch.profiler, and the sum over all ops. Profiling slows ops a little: compare ops, not these totals."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    own = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000 / steps)
+           for e in prof.key_averages()]
+    own.sort(key=lambda item: item[1], reverse=True)
+    return {"steps": steps, "total_ms": sum(ms for _, ms in own), "ops": [[name, ms] for name, ms in own[:top]]}
 
 
 def _key(variant: str, precision: str) -> str:

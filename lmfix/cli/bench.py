@@ -68,6 +68,8 @@ def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gemm", help="GEMM backend of lmfix's dense heads: auto, onednn or torch (default $LMFIX_GEMM "
                    "or auto); plain always uses F.linear")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--profile", type=positive_int, metavar="STEPS",
+                   help="then profile STEPS steps of each variant (torch.profiler): the ops that take the time")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_train)
 
@@ -79,7 +81,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     from lmfix.bench.train import BenchTrainConfig, bench_train
 
     names = ("corpus", "model", "emsize", "nhid", "nlayers", "batch_size", "bptt", "rounds", "steps", "warmup", "gemm",
-             "device")
+             "device", "profile")
     given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.variants:
         given["variants"] = tuple(args.variants.split(","))
@@ -94,6 +96,11 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
               f"{r['max_step_ms']:>8,.1f} {r['steps']:>6}")
     for name, ratio in result["ratios"].items():
         print(f"{name}: {ratio:.2f}x")
+    for name, prof in result["profile"].items():
+        print(f"\nprofile of {name} ({prof['steps']} steps, torch.profiler; self time, ms/step; "
+              f"all ops {prof['total_ms']:,.1f}):")
+        for op, ms in prof["ops"]:
+            print(f"  {ms:>8,.1f}  {100 * ms / prof['total_ms']:>4.0f}%  {op}")
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=2))
 
