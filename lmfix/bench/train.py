@@ -204,9 +204,9 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     }
 
 
-def _profile(step: Callable[[], None], steps: int, device: torch.device, top: int = 12) -> dict:
-    """Where a step's time goes: the ops with the most self time (ms per step; device time on CUDA), by
-    torch.profiler, and the sum over all ops. Profiling slows ops a little: compare ops, not these totals."""
+def _profile(step: Callable[[], None], steps: int, device: torch.device) -> dict:
+    """Where a step's time goes: every op's self time (ms per step; device time on CUDA), most first, by
+    torch.profiler, and their sum. Profiling slows ops a little: compare ops, not these totals."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -219,7 +219,7 @@ def _profile(step: Callable[[], None], steps: int, device: torch.device, top: in
     own = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000 / steps)
            for e in prof.key_averages()]
     own.sort(key=lambda item: item[1], reverse=True)
-    return {"steps": steps, "total_ms": sum(ms for _, ms in own), "ops": [[name, ms] for name, ms in own[:top]]}
+    return {"steps": steps, "total_ms": sum(ms for _, ms in own), "ops": [[name, ms] for name, ms in own]}
 
 
 def _key(variant: str, precision: str) -> str:

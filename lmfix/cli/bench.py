@@ -99,7 +99,7 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
     for name, prof in result["profile"].items():
         print(f"\nprofile of {name} ({prof['steps']} steps, torch.profiler; self time, ms/step; "
               f"all ops {prof['total_ms']:,.1f}):")
-        for op, ms in prof["ops"]:
+        for op, ms in prof["ops"][:12]:
             print(f"  {ms:>8,.1f}  {100 * ms / prof['total_ms']:>4.0f}%  {op}")
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=2))
