@@ -26,6 +26,17 @@ def test_shipped_recipes_load_and_cover_every_variant(name: str):
     assert len(shapes) == 1
 
 
+def test_bf16_recipe_pairs_each_variant_with_itself_in_fp32():
+    from dataclasses import replace
+
+    recipe = load_recipe(RECIPES_DIR / "wt2-cpu-bf16")
+    configs = {v.name: recipe.config(v) for v in recipe.variants}
+    for name in ("learned", "word2vec", "pmi"):
+        fp32, bf16 = configs[name], configs[f"{name}-bf16"]
+        assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and replace(bf16, precision="fp32") == fp32
+    assert recipe.seeds == (1, 2, 3)
+
+
 def test_paper_recipe_is_the_papers_model():
     recipe = load_recipe(RECIPES_DIR / "wt2-paper")
     c = recipe.config(recipe.variants[0])
@@ -233,14 +244,16 @@ def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Pa
     assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"
 
 
-def test_the_readme_shows_the_committed_results_of_the_real_budget_recipe():
-    """The README's table is the one the committed records give, row for row (no pasted numbers)."""
+@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-bf16", 1)])
+def test_the_readme_shows_the_committed_results_of_the_recipes(recipe: str, first_table: int):
+    """The README's tables are the ones the committed records give, row for row (no pasted numbers): every
+    table of the recipe's compare.md from ``first_table`` on (wt2-cpu-bf16: the per-run table is left out)."""
     from lmfix.analysis.compare import TABLE
-    from lmfix.recipes.runner import DEMO_ANSWER
 
     readme = (RECIPES_DIR.parent / "README.md").read_text(encoding="utf-8")
-    rows = [line for line in (DEMO_ANSWER / "results" / TABLE).read_text(encoding="utf-8").splitlines()
-            if line.startswith("| ")]
+    text = (RECIPES_DIR / recipe / "results" / TABLE).read_text(encoding="utf-8")
+    tables = [[line for line in block.splitlines() if line.startswith("| ")] for block in text.split("\n\n")]
+    rows = [row for table in [t for t in tables if t][first_table:] for row in table]
     assert rows and all(row in readme for row in rows)
 
 
