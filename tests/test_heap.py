@@ -18,8 +18,9 @@ import ctypes, sys
 from lmfix.heap import retain_freed_memory
 print(retain_freed_memory(), end=" ")
 libc = ctypes.CDLL(None)
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 class Info(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
 libc.mallinfo2.restype = Info
 libc.malloc.restype = ctypes.c_void_p
 block = libc.malloc(64 << 20)

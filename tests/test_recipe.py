@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,6 @@ def test_shipped_recipes_load_and_cover_every_variant(name: str):
 
 
 def test_bf16_recipe_pairs_each_variant_with_itself_in_fp32():
-    from dataclasses import replace
-
     recipe = load_recipe(RECIPES_DIR / "wt2-cpu-bf16")
     configs = {v.name: recipe.config(v) for v in recipe.variants}
     for name in ("learned", "word2vec", "pmi"):

@@ -147,6 +147,11 @@ def groups(runs: list[Run]) -> dict[str, list[Run]]:
     return grouped
 
 
+def by_seed(members: list[Run]) -> dict[int, float]:
+    """Test perplexity by run seed, for the runs that have one."""
+    return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
+
+
 def seeds_table(runs: list[Run]) -> str | None:
     """Mean ± std over seeds per group and the paired change against the learned tied group; None when
     no group has more than one run."""
@@ -154,10 +159,6 @@ def seeds_table(runs: list[Run]) -> str | None:
     if all(len(members) == 1 for members in grouped.values()):
         return None
     base = next((m for m in grouped.values() if all(r.config.embed == "learned" for r in m)), None)
-
-    def by_seed(members: list[Run]) -> dict[int, float]:
-        return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
-
     lines = ["| group | variant | seeds | valid ppl (mean ± std) | test ppl (mean ± std) "
              "| test ppl vs learned, paired by seed (mean, 95% CI) |", "|" + "---|" * 6]
     for name, members in grouped.items():
@@ -183,9 +184,6 @@ def precision_table(runs: list[Run]) -> str | None:
 
     def key(members: list[Run]) -> TrainConfig:  # the settings a pair shares
         return replace(members[0].config, precision="fp32", seed=0, embeddings="", embed_seed=0)
-
-    def by_seed(members: list[Run]) -> dict[int, float]:
-        return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
 
     fp32 = [(key(m), name, m) for name, m in grouped.items() if m[0].config.precision == "fp32"]
     lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
@@ -307,8 +305,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
-    over_seeds = seeds_table(runs)
-    for extra in (over_seeds, precision_table(runs)):
+    for extra in (seeds_table(runs), precision_table(runs)):
         if extra:
             table += "\n" + extra
     if differ:

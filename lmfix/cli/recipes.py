@@ -83,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _print_committed(recipe_dir, live: str) -> None:
     """The committed results of a real-budget recipe, labelled as such (the demo's live run is far shorter)."""
     from lmfix.analysis.compare import TABLE
-    from lmfix.recipes.runner import REPORT, RESULTS, load_recipe
+    from lmfix.recipes.runner import RESULTS, load_recipe, missing_line, unfinished
 
     recipe = load_recipe(recipe_dir)
     table = recipe.results / TABLE
@@ -94,8 +94,9 @@ def _print_committed(recipe_dir, live: str) -> None:
     if not table.is_file():
         print(f"(no committed results yet in recipes/{recipe_dir.name}/{RESULTS}/)")
         return
-    report = (recipe.results / REPORT).read_text(encoding="utf-8") if (recipe.results / REPORT).is_file() else ""
-    print("\n".join(line for line in report.splitlines() if "not finished yet" in line))  # what is missing
+    missing = unfinished(recipe)
+    if missing:
+        print(missing_line(recipe, missing))
     print(table.read_text(encoding="utf-8").rstrip())
     for plot in sorted(recipe.results.glob("*.png")):
         print(f"plot:   {plot.relative_to(recipe_dir.parent.parent)}")

@@ -256,10 +256,8 @@ def run_recipe(
     report_dir = recipe.results if as_written else out
     missing = []
     if as_written:  # the report covers every committed run, also those this call did not select
-        shown = set(compared)
-        everything = [recipe.results / name for name, _, _ in recipe.full.runs()]
-        missing = [r.name for r in everything if r not in shown and not _evaluated(r, split, batch_size)]
-        compared = [r for r in everything if r.name not in missing]
+        missing = unfinished(recipe)
+        compared = [recipe.results / name for name, _, _ in recipe.full.runs() if name not in missing]
     table, plots = compare_runs(compared, report_dir)
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
@@ -275,6 +273,18 @@ def _record(run_dir: Path, record: Path) -> None:
         if summary.get("embedding"):
             summary["embedding"].pop("path", None)
             checkpoint.write_json(tmp / checkpoint.SUMMARY, summary)
+
+
+def unfinished(recipe: Recipe) -> list[str]:
+    """The runs of the whole recipe (also those ``select`` left out) with no evaluated record in results/."""
+    split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
+    return [name for name, _, _ in recipe.full.runs() if not _evaluated(recipe.results / name, split, batch_size)]
+
+
+def missing_line(recipe: Recipe, missing: list[str]) -> str:
+    """What the report (and the demo) says of the runs not finished yet."""
+    return (f"**{len(missing)} of the recipe's runs are not finished yet**: {', '.join(missing)} "
+            f"(`lmfix run {_shown(recipe.path)}` trains them).")
 
 
 def _evaluated(run_dir: Path, split: str, batch_size: int | None) -> bool:
@@ -303,8 +313,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | No
 def _report(recipe: Recipe, table: str, plots: list[Path], out: Path, missing: list[str]) -> str:
     lines = [f"# {recipe.name}: {recipe.description}", "", f"Recipe: `{_shown(recipe.path)}`", ""]
     if missing:
-        lines += [f"**{len(missing)} of the recipe's runs are not finished yet**: {', '.join(missing)} "
-                  f"(`lmfix run {_shown(recipe.path)}` trains them).", ""]
+        lines += [missing_line(recipe, missing), ""]
     lines += [table, ""]
     lines += [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
     lines += ["", "Variants:", ""] + [f"- **{v.name}**: {v.description}" for v in recipe.variants]
