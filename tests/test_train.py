@@ -98,6 +98,34 @@ def test_adam_optimizers_train(tiny_corpus_dir, tmp_path, optimizer):
     assert result.stop_reason == "max_tokens" and math.isfinite(result.best_valid_ppl)
 
 
+def test_adam_steps_a_fixed_heads_alpha_in_proportion_to_its_size(tiny_corpus_dir, tmp_path):
+    """Adam's first step moves every parameter by lr; alpha's group has lr * |--alpha|."""
+    one_step = tiny_config(tiny_corpus_dir, embed="orthogonal", alpha=8.0, optimizer="adam", lr=1e-3, max_tokens=40)
+    train(one_step, tmp_path / "run")
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    groups = state["optimizer"]["param_groups"]
+    assert [g.get("lr_scale") for g in groups] == [None, 8.0] and len(groups[1]["params"]) == 1
+    assert abs(state["model"]["head.alpha"].item() - 8.0) == pytest.approx(8e-3, rel=1e-3)
+    bias = state["model"]["head.bias"] - torch.zeros_like(state["model"]["head.bias"])
+    assert bias.abs().max().item() == pytest.approx(1e-3, rel=1e-3)  # the other parameters: lr
+
+
+def test_resume_with_another_optimizer_layout_is_one_line(tiny_corpus_dir, tmp_path, capsys):
+    """A fixed head's Adam run from before alpha had its own group (one group) is refused, untouched."""
+    flags = [*tiny_flags(tiny_corpus_dir, tmp_path), "--name", "r", "--max-tokens", "40", "--embed", "orthogonal",
+             "--optimizer", "adam", "--lr", "1e-3"]
+    assert run_cli(["train", *flags], capsys)[0] == 0
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    state = checkpoint.load(ckpt)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop()["params"]
+    checkpoint.save(ckpt, state)
+    before = ckpt.read_bytes()
+    code, _, err = run_cli(["train", "--resume", str(tmp_path / "r"), "--max-tokens", "80"], capsys)
+    assert_one_line_error(code, err, "parameter group", "train it again")
+    assert ckpt.read_bytes() == before
+
+
 def test_nt_asgd_switches_to_averaging_and_evaluates_the_average(tiny_corpus_dir, tmp_path):
     config = tiny_config(tiny_corpus_dir, optimizer="asgd", lr=30.0, nonmono=1, eval_interval=5, epochs=2)
     train(config, tmp_path / "run")

@@ -53,7 +53,8 @@ HELP = {
     "dropoute": "embedding dropout: drop whole words from E",
     "wdrop": "lstm, gru: DropConnect on the hidden-to-hidden weights",
     "optimizer": f"one of {', '.join(OPTIMIZERS)} (asgd: SGD, then averaging when validation stalls)",
-    "lr": "learning rate (default 20 for sgd, 30 for asgd, 1e-3 for adam/adamw)",
+    "lr": "learning rate (default 20 for sgd, 30 for asgd, 1e-3 for adam/adamw; under adam/adamw a fixed head's "
+          "alpha steps at lr x |--alpha|)",
     "lr_decay": "divide lr by this when validation does not improve (sgd, adam, adamw)",
     "nonmono": "asgd: validations without improvement before averaging starts",
     "clip": "max gradient norm (0: no clipping)",

@@ -114,7 +114,14 @@ class Trainer:
         if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
             return torch.optim.ASGD(self.params, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd)
         cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
-        return cls(self.params, lr=self.lr, weight_decay=wd)
+        # Adam moves every parameter by about lr per step, whatever its size: right for weights of ~0.1,
+        # but a fixed head's alpha starts at --alpha (10) and SGD took it to 18-19 in the LSTM recipes; at
+        # lr 1e-3 it moved 10 -> 10.7 in 700 steps (a Transformer with word2vec). Its group's lr is scaled by
+        # |--alpha| instead, the same relative step as a weight of size 1 (a decayed lr scales it too).
+        alpha = [p for name, p in self.model.named_parameters() if p.requires_grad and name.endswith("head.alpha")]
+        rest = [p for p in self.params if all(p is not a for a in alpha)]
+        groups = [{"params": rest}] + ([{"params": alpha, "lr_scale": abs(self.cfg.alpha) or 1.0}] if alpha else [])
+        return cls(groups, lr=self.lr, weight_decay=wd)
 
     @property
     def total_tokens(self) -> int:
@@ -170,7 +177,7 @@ class Trainer:
         start = time.perf_counter()
         lr = self.lr * x.size(0) / self.cfg.bptt if self.cfg.variable_bptt else self.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.state = self.model.detach(self.state)
         loss, self.state = self.net(x, y, self.state)
         self.optimizer.zero_grad(set_to_none=True)
@@ -358,6 +365,11 @@ class Trainer:
         checkpoint.load_weights(self.model, state["model"], self.run_dir / checkpoint.LAST)
         self.optimizer_kind = state["optimizer_kind"]
         self.optimizer = self._make_optimizer(self.optimizer_kind)
+        saved, made = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved != made:  # Adam runs of a fixed head from before alpha had its own group
+            raise ConfigError(f"{self.run_dir}'s optimizer state has {saved} parameter group(s) where this lmfix "
+                              f"makes {made} (alpha's own learning rate under Adam); finish the run with the "
+                              "lmfix that started it, or train it again")
         self.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["stream"])
         mine = state["ranks"][self.dist.rank]
