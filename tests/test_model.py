@@ -138,6 +138,8 @@ def test_chunks_are_even_and_bounded():
     assert chunk_rows(700, 33278) == 234  # 3 chunks of <= 252 rows, not 252 + 252 + 196
     assert chunk_rows(5, 33278) == 5
     assert chunk_rows(1, 10**9) == 1 and chunk_rows(0, 50) == 1
+    assert chunk_rows(700, 33278, torch.bfloat16) == 700  # bf16 products: one tall chunk (<= 1008 rows)
+    assert chunk_rows(2100, 33278, torch.bfloat16) == 700
 
 
 def test_gemm_backend_is_checked():

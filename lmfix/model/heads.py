@@ -169,7 +169,7 @@ class DenseFixedHead(ScaledHead):
         """E and E^T packed for the GEMM backend, once (E never changes); None where packing does not apply."""
         key = (self.weight.data_ptr(), self.weight.device, gemm.backend())
         if self._packed[0] != key:
-            rows = chunk_rows(tokens, self.vocab_size)
+            rows = chunk_rows(tokens, self.vocab_size, self.operands)
             pair = gemm.pack(self.weight, rows), gemm.pack(self.weight.t(), rows)
             self._packed = key, None if None in pair else pair
         return self._packed[1]
