@@ -36,6 +36,15 @@ def test_bf16_recipe_pairs_each_variant_with_itself_in_fp32():
     assert recipe.seeds == (1, 2, 3)
 
 
+def test_transformer_recipe_differs_only_in_the_head():
+    recipe = load_recipe(RECIPES_DIR / "wt2-cpu-transformer")
+    configs = {v.name: recipe.config(v) for v in recipe.variants}
+    assert {c.model for c in configs.values()} == {"transformer"} and configs["learned"].optimizer == "adam"
+    for name, config in configs.items():
+        assert config.embed == name and replace(config, embed="learned") == configs["learned"]
+    assert recipe.seeds == (1, 2, 3) and recipe.variants[-1].seeds == (1,)
+
+
 def test_paper_recipe_is_the_papers_model():
     recipe = load_recipe(RECIPES_DIR / "wt2-paper")
     c = recipe.config(recipe.variants[0])
@@ -243,7 +252,7 @@ def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Pa
     assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"
 
 
-@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-bf16", 1)])
+@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-bf16", 1), ("wt2-cpu-transformer", 0)])
 def test_the_readme_shows_the_committed_results_of_the_recipes(recipe: str, first_table: int):
     """The README's tables are the ones the committed records give, row for row (no pasted numbers): every
     table of the recipe's compare.md from ``first_table`` on (wt2-cpu-bf16: the per-run table is left out)."""
