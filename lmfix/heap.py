@@ -9,8 +9,8 @@ bf16 training steps at 512/512 ran 1.38x -> 1.70x (learned) and 1.46x -> 1.60x
 (orthogonal) faster than float32 (``lmfix bench train``), and a learned bf16 step
 took about 1,000 minor page faults instead of 40,000 (``/usr/bin/time``, 12 steps
 against 4). Reuse is not guaranteed (glibc's memalign padding can keep a freed
-block from fitting the next request), but that is what these numbers include. The price is that the
-process keeps its peak memory until it exits, as jemalloc or tcmalloc would.
+block from fitting the next request); these numbers include that. The price is
+that the process keeps its peak memory until it exits, as jemalloc or tcmalloc would.
 
 The CLI calls ``retain_freed_memory`` once at start; ``LMFIX_MALLOC=system`` keeps
 glibc's defaults. Elsewhere (musl, macOS, Windows) it does nothing.

@@ -118,9 +118,11 @@ class Trainer:
         # but a fixed head's alpha starts at --alpha (10) and SGD took it to 18-19 in the LSTM recipes; at
         # lr 1e-3 it moved 10 -> 10.7 in 700 steps (a Transformer with word2vec). Its group's lr is scaled by
         # |--alpha| instead, the same relative step as a weight of size 1 (a decayed lr scales it too).
-        alpha = [p for name, p in self.model.named_parameters() if p.requires_grad and name.endswith("head.alpha")]
-        rest = [p for p in self.params if all(p is not a for a in alpha)]
-        groups = [{"params": rest}] + ([{"params": alpha, "lr_scale": abs(self.cfg.alpha) or 1.0}] if alpha else [])
+        alpha = getattr(self.model.head, "alpha", None)
+        if alpha is None or not alpha.requires_grad:
+            return cls(self.params, lr=self.lr, weight_decay=wd)
+        rest = [p for p in self.params if p is not alpha]
+        groups = [{"params": rest}, {"params": [alpha], "lr_scale": abs(self.cfg.alpha) or 1.0}]
         return cls(groups, lr=self.lr, weight_decay=wd)
 
     @property
