@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfix.analysis.compare import Run, compare_runs, gap_series, precision_table, variant
+from lmfix.analysis.compare import Run, compare_runs, gap_series, gap_ticks, precision_table, variant
 from lmfix.analysis.evaluate import evaluate_run
 from lmfix.cli import main
 from lmfix.training.trainer import train
@@ -81,6 +81,13 @@ def test_gap_curves_pair_each_seed_with_the_learned_run_of_that_seed(tiny_corpus
     assert np.allclose(pmi[2:], [[15.0, -5.0], [10.0, -10.0], [20.0, 0.0]])
     assert hadamard[:2] == ("hadamard", [100, 200]) and np.allclose(hadamard[2], [-50.0, 50.0]) and len(hadamard) == 3
     assert gap_series([r for r in runs if r.config.embed != "learned"]) == []  # no baseline, no gap
+
+
+def test_gap_axis_turns_logarithmic_past_50_percent_with_ticks_that_cover_the_data():
+    assert gap_ticks([-12.0, 9.5, 50.0]) is None  # every gap within +-50%: a plain linear axis
+    assert gap_ticks([-11.4, 7.7, 529.6]) == [-25, -10, 0, 10, 25, 50, 100, 200, 500, 1000]
+    assert gap_ticks([-60.0, 3.0]) == [-75, -50, -25, -10, 0, 10]
+    assert gap_ticks([0.0, 20_000.0])[-1] == 10000  # past the last tick: up to it
 
 
 def test_precision_pairs_each_bf16_group_with_the_same_variant_in_fp32(tiny_corpus_dir: Path):

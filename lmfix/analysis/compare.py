@@ -237,26 +237,50 @@ def gap_series(runs: list[Run]) -> list[tuple]:
     return result
 
 
-def _plot(out: Path, title: str, ylabel: str, series: list[tuple], log_y: bool, zero_line: bool = False) -> Path:
+# The gap plot is linear within +-_GAP_LINEAR % and logarithmic beyond, so a variant 5x worse (Hadamard on
+# a Transformer) does not flatten 10% gaps into the zero line; these are its ticks (each shown when in range).
+_GAP_LINEAR = 50.0
+_GAP_TICKS = (-90, -75, -50, -25, -10, 0, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def gap_ticks(values: list[float]) -> list[float] | None:
+    """Ticks for a gap axis that needs the symlog scale (some gap beyond +-_GAP_LINEAR %); None: linear."""
+    low, high = min(values), max(values)
+    if max(-low, high) <= _GAP_LINEAR:
+        return None
+    below = max([t for t in _GAP_TICKS if t <= low], default=_GAP_TICKS[0])
+    above = min([t for t in _GAP_TICKS if t >= high], default=_GAP_TICKS[-1])
+    return [t for t in _GAP_TICKS if below <= t <= above]
+
+
+def _plot(out: Path, title: str, ylabel: str, series: list[tuple], scale: str = "linear") -> Path:
+    """``scale``: linear, log (perplexities) or gap (changes in %, with a zero line; see ``gap_ticks``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter, ScalarFormatter
+    from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     for label, xs, ys, *band in series:  # band: (low, high) for a group of seeds
         line = ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)[0]
         if band:
             ax.fill_between(xs, *band, color=line.get_color(), alpha=0.2, linewidth=0)
-    if log_y:  # log scale, plain numbers (not 4x10^2)
+    if scale == "log":  # log scale, plain numbers (not 4x10^2)
         ax.set_yscale("log")
         for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             formatter = ScalarFormatter()
             formatter.set_scientific(False)
             set_formatter(formatter)
-    if zero_line:
+    if scale == "gap":
         ax.axhline(0, color="black", linewidth=0.8)
+        ticks = gap_ticks([v for _, _, ys, *band in series for v in (*ys, *(x for b in band for x in b))])
+        if ticks:
+            ax.set_yscale("symlog", linthresh=_GAP_LINEAR)
+            ax.yaxis.set_major_locator(FixedLocator(ticks))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
+            ax.yaxis.set_minor_locator(FixedLocator([]))
+            ylabel += f"\nlinear to ±{_GAP_LINEAR:g}, log beyond"
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.2M
     ax.set_xlabel("training tokens seen")
     ax.set_ylabel(ylabel)
@@ -329,13 +353,13 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
                 result.append((label, list(curve), list(curve.values())))
         return result
 
-    plots = [_plot(out_dir / VALID_PLOT, "Validation perplexity", "valid perplexity", series("valid_ppl", runs), True)]
+    plots = [_plot(out_dir / VALID_PLOT, "Validation perplexity", "valid perplexity", series("valid_ppl", runs), "log")]
     fixed = [r for r in runs if r.config.embed in FIXED]
     alpha = series("alpha", fixed)
     if alpha:
-        plots.append(_plot(out_dir / ALPHA_PLOT, "Learned scale alpha of the fixed classifier", "alpha", alpha, False))
+        plots.append(_plot(out_dir / ALPHA_PLOT, "Learned scale alpha of the fixed classifier", "alpha", alpha))
     gaps = gap_series(runs)
     if gaps:
         plots.append(_plot(out_dir / GAP_PLOT, "Validation perplexity against the learned tied run (same seed)",
-                           "change in valid perplexity (%)", gaps, False, zero_line=True))
+                           "change in valid perplexity (%)", gaps, "gap"))
     return table, plots
