@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def test_every_body_trains_in_two_processes_as_in_one(tiny_corpus_dir: Path, tmp
     assert two["world_size"] == 2 and two["tokens"] == one.tokens and two["steps"] == one.steps
     assert two["final_valid_ppl"] == pytest.approx(one.final_valid_ppl, rel=1e-4)
     assert two["sync_bytes_per_step"] == two["grad_bytes_per_step"] == 4 * two["params"]["trainable"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_leaves_no_ddp_wrapper_for_interpreter_exit(tiny_corpus_dir: Path, tmp_path: Path):
+    """DDP's C++ reducer holds its communication hook where the garbage collector cannot see it. A hook that
+    reached back to the trainer kept trainer, DDP wrapper and process group alive until interpreter exit,
+    where gloo's teardown aborted a worker at random ("terminate called without an active exception")."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(f"""
+        import gc, sys
+        from pathlib import Path
+        from torch.nn.parallel import DistributedDataParallel
+        from lmfix.training.trainer import train
+        from tests.test_train import tiny_config
+        train(tiny_config(Path({str(tiny_corpus_dir)!r}), **{SETTINGS!r}), Path({str(tmp_path / "run")!r}))
+        gc.collect()
+        sys.exit(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+    """))
+    env = dict(TORCHRUN_ENV, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([*TORCHRUN[:-2], str(worker)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # exit status: the DDP wrappers still alive after train()
 
 
 @pytest.mark.slow

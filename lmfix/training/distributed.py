@@ -7,6 +7,7 @@ or take its verdict (``rank0_verdict``), so no rank races another at start-up.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -98,23 +99,46 @@ def rank0_verdict(ddp: Dist, check: Callable[[], None]) -> None:
         raise refusal
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device, count_bytes: Callable[[int], None]):
-    """DDP over the trainable parameters only (buffers such as E are ignored: never broadcast or
-    synchronized), calling ``count_bytes`` with the size of each all-reduce."""
+class SyncCounter:
+    """Bytes all-reduced so far: the state of the DDP communication hook.
+
+    The hook and its state are held by DDP's C++ reducer, where Python's garbage
+    collector cannot see them: a hook reaching back to the trainer (a bound method)
+    made a cycle that kept the trainer, its DDP wrapper and the process group alive
+    until interpreter exit, where gloo's teardown aborted a worker at random
+    ("terminate called without an active exception", a failed torchrun).
+    """
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+def _counting_allreduce(counter: SyncCounter, bucket):
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    counter.bytes += bucket.buffer().numel() * bucket.buffer().element_size()
+    return allreduce_hook(None, bucket)  # None: the default process group
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, SyncCounter]:
+    """DDP over the trainable parameters only (buffers such as E are ignored: never broadcast or
+    synchronized), and the counter of the bytes its all-reduces send."""
     from torch.nn.parallel import DistributedDataParallel
 
     frozen = [name for name, _ in model.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
     ids = [device.index] if device.type == "cuda" else None
     net = DistributedDataParallel(model, device_ids=ids)
+    counter = SyncCounter()
+    net.register_comm_hook(counter, _counting_allreduce)
+    return net, counter
 
-    def counting_allreduce(state, bucket):
-        count_bytes(bucket.buffer().numel() * bucket.buffer().element_size())
-        return allreduce_hook(state, bucket)
 
-    net.register_comm_hook(None, counting_allreduce)
-    return net
+def release_process_group() -> None:
+    """Destroy the process group we created, after collecting what may still use it (a DDP wrapper in a
+    reference cycle), so nothing of it is left for interpreter exit to tear down."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class StopSignals:

@@ -39,9 +39,11 @@ from lmfix.training.config import ConfigError, TrainConfig, resume_config
 from lmfix.training.distributed import (
     Dist,
     StopSignals,
+    SyncCounter,
     init_distributed,
     rank0_first,
     rank0_verdict,
+    release_process_group,
     resolve_device,
     wrap_ddp,
 )
@@ -74,8 +76,7 @@ class Trainer:
         reach = 2 * abs(config.alpha) if config.fixed else 0.0
         self.diverged_above = DIVERGED_TIMES_UNIFORM * math.log(len(self.corpus.vocab)) + DIVERGED_MARGIN + reach
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
-        self.sync_bytes = 0
-        self.net = wrap_ddp(self.model, device, self._count_sync) if ddp.active else self.model
+        self.net, self.sync = wrap_ddp(self.model, device) if ddp.active else (self.model, SyncCounter())
         self.lr = config.lr
         self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
         self.optimizer = self._make_optimizer(self.optimizer_kind)
@@ -103,9 +104,6 @@ class Trainer:
         self._started = time.perf_counter()
 
     # ------------------------------------------------------------------ setup
-
-    def _count_sync(self, nbytes: int) -> None:
-        self.sync_bytes += nbytes
 
     def _make_optimizer(self, kind: str) -> torch.optim.Optimizer:
         wd = self.cfg.weight_decay
@@ -428,7 +426,7 @@ class Trainer:
             stop_reason=reason,
             counts=self.model.counts(),
             grad_bytes_per_step=self.grad_bytes,
-            sync_bytes_per_step=self.sync_bytes / self._session_steps if self.dist.active and self._session_steps
+            sync_bytes_per_step=self.sync.bytes / self._session_steps if self.dist.active and self._session_steps
             else None,
             world_size=self.dist.world,
             precision=self.precision,
@@ -503,8 +501,9 @@ def train(
             ddp.barrier()  # nobody tears the process group down while another process still uses it
             return result
     finally:
+        trainer = None  # frees its DDP wrapper (and the process group reference it holds) before the group goes
         if created_group:
-            dist.destroy_process_group()
+            release_process_group()
 
 
 def _claim(stack: contextlib.ExitStack, run_dir: Path, resume: bool, overwrite: bool) -> None:
