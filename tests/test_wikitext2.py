@@ -65,8 +65,8 @@ def test_every_body_trains_and_evaluates_with_each_kind_of_head(wikitext2_dir: P
         checks = [r["valid_ppl"] for r in map(json.loads, (runs / embed / "metrics.jsonl").read_text().splitlines())
                   if r.get("valid_ppl")]
         assert len(checks) == 2 and checks[1] < 0.9 * checks[0], (embed, checks)
-        # The whole test split for the stored heads; Hadamard's (78 s at d = 32, where its 1,040 transforms
-        # of 32 points per token cost more than a GEMM) is the LSTM test's above: the head ignores the body.
+        # The whole test split for the stored heads; Hadamard's (78 s at d = 32 on one thread, 4x a stored
+        # head's) is the LSTM test's above: the head does not depend on the body.
         if embed != "hadamard":
             assert main(["evaluate", str(runs / embed), "--split", "test", "--batch-size", "80"]) == 0
             result = json.loads((runs / embed / "eval.json").read_text())["test"]
