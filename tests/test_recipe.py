@@ -36,13 +36,17 @@ def test_bf16_recipe_pairs_each_variant_with_itself_in_fp32():
     assert recipe.seeds == (1, 2, 3)
 
 
-def test_transformer_recipe_differs_only_in_the_head():
+def test_transformer_recipe_differs_only_in_the_head_or_the_precision():
     recipe = load_recipe(RECIPES_DIR / "wt2-cpu-transformer")
     configs = {v.name: recipe.config(v) for v in recipe.variants}
     assert {c.model for c in configs.values()} == {"transformer"} and configs["learned"].optimizer == "adam"
     for name, config in configs.items():
-        assert config.embed == name and replace(config, embed="learned") == configs["learned"]
-    assert recipe.seeds == (1, 2, 3) and recipe.variants[-1].seeds == (1,)
+        embed, _, precision = name.partition("-")
+        assert (config.embed, config.precision) == (embed, precision or "fp32")
+        assert replace(config, embed="learned", precision="fp32") == configs["learned"]
+    seeds = {v.name: recipe.variant_seeds(v) for v in recipe.variants}
+    assert recipe.seeds == (1, 2, 3) and seeds.pop("hadamard") == (1,) and set(seeds.values()) == {(1, 2, 3)}
+    assert {name for name in configs if name.endswith("-bf16")} == {"learned-bf16", "word2vec-bf16", "pmi-bf16"}
 
 
 def test_paper_recipe_is_the_papers_model():
