@@ -92,6 +92,25 @@ def test_fused_dense_loss_matches_autograd(make_head, reduction: str, gemm: str,
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("operands", [torch.float32, torch.bfloat16])
+def test_fused_dense_loss_with_a_trained_weight_and_scale(operands, monkeypatch):
+    """Every gradient at once (x, scale, bias and W), which no head combines: the general op's contract."""
+    monkeypatch.setattr("lmfix.ops.dense_loss._CHUNK_ELEMENTS", 7 * V)
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(40, D, generator=g), unit_rows(), torch.randn(V, generator=g)
+    scale, target = torch.tensor(2.5), torch.randint(V, (40,), generator=g)
+    inputs = [t.clone().requires_grad_(True) for t in (x, scale, b, w)]
+    fused = dense_loss.dense_cross_entropy(inputs[0], target, inputs[3], inputs[2], inputs[1], operands=operands)
+    got = torch.autograd.grad(fused, inputs)
+    wide = [t.double().requires_grad_(True) for t in (x, scale, b, w)]
+    reference = F.cross_entropy(wide[1] * wide[0] @ wide[3].T + wide[2], target)
+    want = torch.autograd.grad(reference, wide)
+    tol = {"rtol": 1e-4, "atol": 1e-6} if operands == torch.float32 else {"rtol": 0.02, "atol": 2e-3}
+    torch.testing.assert_close(fused.double(), reference, **tol)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), e, **tol)
+
+
 def _tied_reference_grad(head: LearnedHead, steps) -> torch.Tensor:
     """E's gradient from plain autograd (F.embedding + F.linear), summed over ``steps`` of (ids, transform, y)."""
     w = head.weight.detach().clone().requires_grad_(True)

@@ -102,6 +102,13 @@ class _TiedLookup(torch.autograd.Function):
         return torch.sparse_coo_tensor(flat.unsqueeze(0), rows, ctx.shape, check_invariants=False), None, None
 
 
+def _factor(scale: torch.Tensor | None) -> float | torch.Tensor:
+    """The scale as a float, but a 0-dim tensor on a GPU: ``float()`` there would wait for the device every step."""
+    if scale is None:
+        return 1.0
+    return scale.detach().float() if scale.is_cuda else float(scale)
+
+
 def chunk_rows(tokens: int, vocab_size: int, operands: torch.dtype = torch.float32) -> int:
     """Rows per chunk: at most ~_CHUNK_ELEMENTS logits (bf16: _LOW_...), chunks of equal size (no small last one)."""
     elements = _CHUNK_ELEMENTS if operands == torch.float32 else _LOW_CHUNK_ELEMENTS
@@ -119,7 +126,7 @@ class _DenseCrossEntropy(torch.autograd.Function):
         need_g = any(needs)
         low = operands != torch.float32  # bf16 operands, float32 everything else
         x = x.float()
-        a = 1.0 if scale is None else float(scale)
+        a = _factor(scale)
         rows = chunk_rows(x.shape[0], weight.shape[0], operands)
         total = x.new_zeros(())
         grad_x = torch.empty_like(x) if need_g else None
@@ -141,7 +148,7 @@ class _DenseCrossEntropy(torch.autograd.Function):
             xc, yc = x[start : start + rows], target[start : start + rows]
             at = torch.arange(yc.numel(), device=yc.device)
             out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
-            xs = xc * a if a != 1.0 else xc
+            xs = xc if scale is None else xc * a
             if low:
                 # bf16 product; bias, softmax and loss in float32. -log p(target) from the fused softmax:
                 # exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
@@ -171,7 +178,7 @@ class _DenseCrossEntropy(torch.autograd.Function):
                 grad_scale += (g_w * xc).sum()
             torch.mul(g_w, a * norm, out=grad_x[start : start + rows])
             if grad_w is not None:
-                grad_w.addmm_(g.t(), xc, alpha=a * norm)
+                grad_w.addmm_(g.t(), xs, alpha=norm)
         if keep_g:  # the scale goes into x: scaling the V x d product on its way to float32 is a slow pass
             g_all = g_buffer.view(x.shape[0], weight.shape[0])
             grad_w = torch.mm(g_all.t(), (x * (a * norm)).to(operands)).float()
