@@ -11,3 +11,9 @@ class LmfixError(Exception):
 
 class CorpusError(LmfixError):
     """The corpus could not be found, verified, read or prepared."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), to quote in a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

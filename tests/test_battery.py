@@ -12,6 +12,7 @@ symlinks and pipes) live in ``test_hostile.py`` and the tests of each stage.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "empty-corpus").mkdir()
     (ws / "garbage.npz").write_bytes(b"\x00not an artifact" * 10)
     (ws / "half.npz").write_bytes((ws / "o.npz").read_bytes()[:300])
+    for damaged, name in (("latin1-config", "config.toml"), ("latin1-summary", "summary.json")):
+        shutil.copytree(ws / "runs" / "good", ws / damaged)
+        (ws / damaged / name).write_bytes(b"corpus = \"caf\xe9\"\n")  # not UTF-8
     recipe = ws / "recipe"
     recipe.mkdir()
     (recipe / "recipe.toml").write_text(
@@ -114,9 +118,14 @@ CASES = [
     (T + " --dropouth -0.1", "--dropouth"),
     (T + " --batch-size 0", "--batch-size"),
     (T + " --bptt 0", "--bptt"),
+    (T + " --batch-size 1000000", "too few for batch size 1000000; lower --batch-size"),
+    (T + " --eval-batch-size 1000000", "lower --eval-batch-size (or raise --eval-tokens)"),
     (T + " --epochs -1", "--epochs"),
     (T + " --max-tokens lots", "'lots' is not a count"),
+    (T + " --max-tokens inf", "inf must be a finite count"),
+    (T + " --max-tokens nan", "nan must be a finite count"),
     (T + " --time-budget soon", "'soon' is not a duration"),
+    (T + " --time-budget nanh", "nanh must be a finite duration"),
     (T + " --lr-decay 0.5", "--lr-decay"),
     (T + " --eval-interval -1", "--eval-interval"),
     (T + " --embed bogus", "unknown --embed 'bogus'; choose one of learned"),
@@ -156,17 +165,22 @@ CASES = [
     ("compare {ws}/missing", "missing"),
     ("compare {ws}/not-a-run", "not a training run"),
     ("compare {ws}/runs/good {ws}/not-a-run", "not a training run"),
+    ("compare {ws}/runs/good {ws}/latin1-config", "config.toml ('utf-8' codec"),
+    ("compare {ws}/runs/good {ws}/latin1-summary", "summary.json ('utf-8' codec"),
+    ("evaluate {ws}/latin1-config", "config.toml ('utf-8' codec"),
     # run
     ("run {ws}/missing", "not found"),
     ("run {ws}/recipe --only bogus", "has no variant 'bogus'"),
     ("run {ws}/recipe --seeds 7", "has no seed 7"),
     ("run {ws}/recipe --seeds one", "invalid int value: 'one'"),
     ("run {ws}/recipe --max-tokens lots", "'lots' is not a count"),
+    ("run {ws}/recipe --max-tokens 1e999", "1e999 must be a finite count"),
     ("run {ws}/notes.txt", "recipe.toml not found"),
     # bench
     ("bench head --precision fp8", "fp8"),
     ("bench train --variants bogus", "bogus"),
     ("bench train --rounds 0", "--rounds"),
+    ("bench train --nhid 256", "plain ties its decoder to the embedding"),
     ("bench train --profile 0", "--profile"),
     ("bench train --precision fp8", "fp8"),
     ("bench train --corpus {ws}/missing", "not found"),
@@ -176,6 +190,7 @@ CASES = [
     ("bench head --device cuda", "no CUDA GPU is visible"),
     ("bench embeddings --corpus {ws}/missing", "not found"),
     ("bench bogus", "invalid choice: 'bogus'"),
+    ("bench gpu --device cpu --quick --out {ws}/notes.txt", "cannot write the results to --out"),
     # no such command or flag
     ("bogus", "invalid choice: 'bogus'"),
     ("train --bogus-flag 1", "unrecognized arguments: --bogus-flag"),

@@ -43,12 +43,14 @@ def test_build_prints_summary_and_writes_artifact(tiny_corpus_dir: Path, tmp_pat
 def test_build_without_output_uses_the_cache(tiny_corpus_dir: Path, isolated_cache: Path, capsys):
     argv = ["build-embeddings", "hadamard", "--corpus", str(tiny_corpus_dir), "--dim", "16", "--layout", "truncated"]
     assert main(argv) == 0
-    assert "built in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "built in" in out and "cache" not in out.splitlines()[0]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "loaded from cache" in out and str(isolated_cache / "embeddings") in out
+    assert "loaded from cache (built in" in out and str(isolated_cache / "embeddings") in out
     assert main([*argv, "--force"]) == 0
-    assert "built in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "built in" in out and "cache" not in out.splitlines()[0]
 
 
 def test_info_neighbors_export(artifact: Path, tiny_corpus_dir: Path, capsys):

@@ -268,3 +268,11 @@ def test_diagnostics_of_very_wide_rows_stay_in_bounded_memory():
 
     assert chunk_rows(512) == 4096 and chunk_rows(65536) * 65536 * 8 <= 64 << 20
     assert sample_rows(2000, 512) == 2000 and sample_rows(2000, 65536) * 65536 * 8 <= 256 << 20
+
+
+def test_first_line_of_an_error_quotes_one_line_and_never_nothing():
+    from lmfix.errors import first_line
+
+    assert first_line(RuntimeError("size mismatch\n  at layer 2")) == "size mismatch"
+    assert first_line(OSError()) == "OSError" and first_line(ValueError("  \n")) == "ValueError"
+    assert first_line(KeyError("x" * 300), 10) == "'xxxxxxxxx"

@@ -69,6 +69,9 @@ def test_bad_recipe_fails_before_training(tmp_path: Path):
     with pytest.raises(RecipeError, match="a.toml.*unknown --embed 'glove'"):
         load_recipe(tmp_path)
     assert main(["run", str(tmp_path / "missing")]) == 2
+    (tmp_path / "a.toml").write_text('train = 3\n')  # a key where a section belongs
+    with pytest.raises(RecipeError, match=r"a.toml: train must be a \[train\] section"):
+        load_recipe(tmp_path)
 
 
 class Interrupt(Exception):

@@ -20,7 +20,7 @@ import numpy as np
 
 from lmfix.data.corpus import Corpus, load
 from lmfix.embeddings import build, pmi
-from lmfix.embeddings.base import peak_rss_bytes, unit_rows
+from lmfix.embeddings.base import peak_rss_bytes, rss_bytes, unit_rows
 
 # The issue's budgets on WikiText-2 (V=33,278, d=512) with 2 CPU cores.
 TARGET_SECONDS = {"orthogonal": 5.0, "word2vec": 90.0, "pmi": 30.0, "hadamard": 1.0}
@@ -65,11 +65,6 @@ class MethodResult:
         return self.median_seconds <= TARGET_SECONDS[self.method] and self.max_peak_bytes <= TARGET_PEAK_BYTES
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def _one_run(method: str, corpus_name: str, load_kwargs: dict, dim: int, seed: int) -> Run:
     """One build in this (fresh) process."""
     corpus = load(corpus_name, **load_kwargs)
@@ -77,7 +72,7 @@ def _one_run(method: str, corpus_name: str, load_kwargs: dict, dim: int, seed: i
     for module in PRELOAD[method]:
         importlib.import_module(module)
     import_seconds = time.perf_counter() - t0
-    before = _rss_bytes()
+    before = rss_bytes()
     t0, cpu0 = time.perf_counter(), time.process_time()
     build(method, corpus, dim, seed)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0

@@ -140,6 +140,10 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     unknown = sorted(set(cfg.variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if "plain" in cfg.variants and cfg.model != "transformer" and cfg.nhid != cfg.emsize:
+        raise ConfigError(f"plain ties its decoder to the embedding, as pytorch/examples does: it needs --nhid equal "
+                          f"to --emsize (got {cfg.nhid} and {cfg.emsize}); set them equal or leave plain out of "
+                          "--variants")
     # every variant's settings, checked (--model, sizes) before anything loads; no dropout, as plain
     base = TrainConfig(corpus=cfg.corpus, model=cfg.model, emsize=cfg.emsize, nhid=cfg.nhid, nlayers=cfg.nlayers,
                        dropout=0.0, dropouth=0.0, dropouti=0.0, batch_size=cfg.batch_size, bptt=cfg.bptt,

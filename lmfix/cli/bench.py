@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from lmfix.cli.common import add_corpus_flags, corpus_from_args, positive_int
-from lmfix.errors import LmfixError
+from lmfix.errors import LmfixError, first_line
 
 
 def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def cmd_bench_head(args: argparse.Namespace) -> None:
                                  max_matrix_gb=args.max_matrix_gb, precisions=args.precision.split(","),
                                  device=args.device)
     except (ValueError, RuntimeError) as exc:  # unknown rows or device, sizes a layout cannot serve
-        raise LmfixError(str(exc).splitlines()[0]) from exc
+        raise LmfixError(first_line(exc, 500)) from exc
     print(format_head_table(results))
     if args.json:
         atomic.write_text(args.json, json.dumps(results, indent=2))
@@ -189,6 +189,9 @@ def cmd_bench_gpu(args: argparse.Namespace) -> None:
                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
     except ValueError as exc:  # unknown step names
         raise LmfixError(str(exc)) from exc
+    except OSError as exc:  # --out cannot be created or written
+        raise LmfixError(f"cannot write the results to --out {args.out} ({exc.strerror or exc}); choose a writable "
+                         "folder") from exc
     bad = [r["step"] for r in results if r["status"] != "ok"]
     print(f"{len(results) - len(bad)}/{len(results)} steps ok; summary: {args.out}/summary.md")
     if bad:

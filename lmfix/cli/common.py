@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -33,8 +34,8 @@ def count(text: str) -> int:
         value = float(text[:-1] if scale > 1 else text) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count like 500000, 500k or 2M") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    if not math.isfinite(value) or value < 0:  # nan, inf, 1e999: int() would raise OverflowError
+        raise argparse.ArgumentTypeError(f"{text} must be a finite count >= 0")
     return int(value)
 
 
@@ -45,17 +46,19 @@ def duration(text: str) -> float:
         value = float(text[:-1] if scale else text) * (scale or 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 2h") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite duration >= 0")
     return value
 
 
 def add_corpus_flags(p: argparse.ArgumentParser) -> None:
-    """Flags that select a prepared corpus; shared by every command that reads one."""
-    p.add_argument("--data-dir", help="directory holding train/valid/test text (overrides lookup)")
-    p.add_argument("--tokenizer", default="word", help="word (default) or spm (sentencepiece)")
-    p.add_argument("--vocab-size", type=positive_int, help="sentencepiece vocabulary size")
-    p.add_argument("--spm-type", default="unigram", help="sentencepiece model: unigram or bpe")
+    """Flags that select a prepared corpus; shared by every command that reads one (help from ``TrainConfig``'s)."""
+    from lmfix.training.config import HELP
+
+    p.add_argument("--data-dir", help=HELP["data_dir"])
+    p.add_argument("--tokenizer", default="word", help=HELP["tokenizer"] + " (default: word)")
+    p.add_argument("--vocab-size", type=positive_int, help=HELP["vocab_size"])
+    p.add_argument("--spm-type", default="unigram", help=HELP["spm_type"] + " (default: unigram)")
     p.add_argument("--no-verify", action="store_true", help="accept a checksum mismatch (warns)")
 
 

@@ -75,9 +75,9 @@ def cmd_build_embeddings(args: argparse.Namespace) -> None:
     else:
         art = get_or_build(args.method, corpus, args.dim, args.seed, force=args.force, **options)
     b = art.build
-    how = f"loaded from cache (built {b['built_at']})" if art.from_cache else "built"
-    print(f"{art.method} embeddings for {art.corpus}: {art.shape[0]:,} x {art.shape[1]}, {how} in "
-          f"{b['seconds']:.2f}s, peak memory {b['peak_rss_bytes'] / 2**30:.2f} GiB (process RSS)")
+    built = f"built in {b['seconds']:.2f}s, peak memory {b['peak_rss_bytes'] / 2**30:.2f} GiB (process RSS)"
+    how = f"loaded from cache ({built} on {b['built_at']})" if art.from_cache else built
+    print(f"{art.method} embeddings for {art.corpus}: {art.shape[0]:,} x {art.shape[1]}, {how}")
     _print_artifact(art)
     print(f"  written to {art.path}")
 

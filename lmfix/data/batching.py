@@ -28,12 +28,12 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     return ids[: steps * batch_size].view(batch_size, steps).t().contiguous()
 
 
-def batchify_split(ids: torch.Tensor, batch_size: int, split: str) -> torch.Tensor:
-    """``batchify`` with a one-line error for a split too small for the batch size."""
+def batchify_split(ids: torch.Tensor, batch_size: int, split: str, fix: str = "lower the batch size") -> torch.Tensor:
+    """``batchify`` with a one-line error (ending in ``fix``) for a split too small for the batch size."""
     try:
         return batchify(ids, batch_size)
     except ValueError as exc:
-        raise LmfixError(f"the {split} split: {exc}; lower the batch size (or raise --eval-tokens)") from None
+        raise LmfixError(f"the {split} split: {exc}; {fix}") from None
 
 
 @dataclass

@@ -156,9 +156,9 @@ def prepare(
     cached = False
     if not force and meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             cached = meta.get("sources") == stamp and meta.get("tokenizer") == asdict(tok)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):  # not a dict: rebuild
             cached = False
     if not cached:
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lmfix import atomic
-from lmfix.errors import CorpusError
+from lmfix.errors import CorpusError, first_line
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FILES = {s: [f"{s}.txt", f"wiki.{s}.tokens", f"ptb.{s}.txt"] for s in SPLITS}
@@ -126,8 +126,7 @@ def download_from_hub(manifest: Manifest, dest: Path) -> dict[str, Path]:
 
         ds = datasets.load_dataset(hub["id"], hub["config"])
     except Exception as exc:  # offline, hub errors, missing package: all mean "not here"
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise CorpusError(f"{type(exc).__name__}: {first}") from exc
+        raise CorpusError(f"{type(exc).__name__}: {first_line(exc)}") from exc
     with atomic.atomic_dir(dest) as tmp:
         for split in SPLITS:
             records = ds[hub["splits"][split]][hub.get("text_field", "text")]

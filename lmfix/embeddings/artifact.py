@@ -26,14 +26,13 @@ import numpy as np
 from lmfix import atomic
 from lmfix.data.sources import PACKAGE_ROOT
 from lmfix.data.vocab import Vocab
-from lmfix.errors import CorpusError, LmfixError
+from lmfix.errors import CorpusError, LmfixError, first_line
 
 if TYPE_CHECKING:
     from lmfix.ops.hadamard import HadamardLayout
 
 FORMAT = "lmfix-embeddings"
 FORMAT_VERSION = 1
-SUFFIX = ".npz"
 
 
 class EmbeddingError(LmfixError):
@@ -197,9 +196,8 @@ def load_artifact(path: str | os.PathLike, vocab: Vocab | None = None) -> Embedd
     except EmbeddingError:
         raise
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, CorpusError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EmbeddingError(
-            f"{path} is not a readable embedding artifact ({why}); rebuild it with lmfix build-embeddings"
+            f"{path} is not a readable embedding artifact ({first_line(exc)}); rebuild it with lmfix build-embeddings"
         ) from exc
     if art.vocab_fingerprint != header["vocab_fingerprint"] or art.id != header["id"]:
         raise EmbeddingError(f"{path} is corrupt (its content does not match its header); rebuild it")

@@ -47,14 +47,6 @@ def make_config(cls: type, method: str, options: dict) -> object:
     return cls(**{k: float(v) if type(known[k].default) is float else v for k, v in options.items()})
 
 
-def split_options(config: object) -> tuple[dict, dict]:
-    """(options that shape the values, runtime-only options) of a config instance."""
-    values, runtime_values = {}, {}
-    for f in fields(config):
-        (runtime_values if f.metadata.get("runtime") else values)[f.name] = getattr(config, f.name)
-    return values, runtime_values
-
-
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise EmbeddingError(message)
@@ -103,6 +95,11 @@ def unit_rows(matrix: np.ndarray, seed: int, empty: np.ndarray | None = None) ->
         norms[missing] = np.linalg.norm(matrix[missing], axis=1)
     matrix /= norms[:, None]
     return matrix, n_missing
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux VmRSS; 0 where /proc is not there)."""
+    return _proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:

@@ -10,7 +10,7 @@ import numbers
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from lmfix import __version__
 from lmfix.data.corpus import Corpus
 from lmfix.embeddings import hadamard, orthogonal, pmi, word2vec
 from lmfix.embeddings.artifact import EmbeddingArtifact, EmbeddingError, cache_dir, canonical_json, load_artifact
-from lmfix.embeddings.base import Built, make_config, peak_rss_bytes, require, split_options
+from lmfix.embeddings.base import Built, make_config, peak_rss_bytes, require
 
 
 @dataclass(frozen=True)
@@ -65,16 +65,15 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
     t0 = time.perf_counter()
     built = spec.builder(corpus, dim, seed, cfg)
     seconds = time.perf_counter() - t0
-    values, runtime_values = split_options(cfg)
     return EmbeddingArtifact(
-        method=method, dim=dim, seed=seed, options=values, vocab=corpus.vocab, corpus=corpus.name,
+        method=method, dim=dim, seed=seed, options=asdict(cfg), vocab=corpus.vocab, corpus=corpus.name,
         matrix=built.matrix, hadamard=built.hadamard,
         build={
             "lmfix_version": __version__,
             "built_at": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),
             "peak_rss_bytes": peak_rss_bytes(),
-            "runtime_options": {**runtime_values, **built.runtime},
+            "runtime_options": built.runtime,
             "notes": built.notes,
         },
     )
@@ -83,9 +82,8 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
 def cache_path(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Path:
     """Cache file for these settings: keyed by corpus, vocabulary, training text, method, dim, seed, options."""
     _, dim, seed, cfg = _settings(method, dim, seed, options)
-    values, _ = split_options(cfg)
     text = hashlib.sha256(corpus.ids["train"].tobytes()).hexdigest()
-    key = canonical_json({"method": method, "dim": dim, "seed": seed, "options": values, "train": text})
+    key = canonical_json({"method": method, "dim": dim, "seed": seed, "options": asdict(cfg), "train": text})
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / corpus.name / corpus.vocab.fingerprint[:12] / f"{method}-d{dim}-s{seed}-{digest}.npz"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from lmfix.ops.gemm import linear, uses_onednn
+from lmfix.ops.precision import host_scalar
 
 # Logits of one chunk (32 MiB in float32): ~250 tokens at V = 33k, enough for
 # efficient GEMMs; measured as fast as unchunked at V=33278, d=512.
@@ -102,13 +103,6 @@ class _TiedLookup(torch.autograd.Function):
         return torch.sparse_coo_tensor(flat.unsqueeze(0), rows, ctx.shape, check_invariants=False), None, None
 
 
-def _factor(scale: torch.Tensor | None) -> float | torch.Tensor:
-    """The scale as a float, but a 0-dim tensor on a GPU: ``float()`` there would wait for the device every step."""
-    if scale is None:
-        return 1.0
-    return scale.detach().float() if scale.is_cuda else float(scale)
-
-
 def chunk_rows(tokens: int, vocab_size: int, operands: torch.dtype = torch.float32) -> int:
     """Rows per chunk: at most ~_CHUNK_ELEMENTS logits (bf16: _LOW_...), chunks of equal size (no small last one)."""
     elements = _CHUNK_ELEMENTS if operands == torch.float32 else _LOW_CHUNK_ELEMENTS
@@ -126,7 +120,7 @@ class _DenseCrossEntropy(torch.autograd.Function):
         need_g = any(needs)
         low = operands != torch.float32  # bf16 operands, float32 everything else
         x = x.float()
-        a = _factor(scale)
+        a = 1.0 if scale is None else host_scalar(scale)
         rows = chunk_rows(x.shape[0], weight.shape[0], operands)
         total = x.new_zeros(())
         grad_x = torch.empty_like(x) if need_g else None

@@ -3,7 +3,7 @@
 Row ``w`` of E (V x d) is ``H_n[w, columns] / sqrt(d)`` with
 ``H_n[i, j] = (-1)^popcount(i & j)`` (scipy.linalg.hadamard order). E is never
 stored: rows come from popcount parities and products with E go through the
-Walsh-Hadamard transform (see ``fwht.py`` and ``hadamard_loss.py``).
+Walsh-Hadamard transform (see ``transform.py`` and ``hadamard_loss.py``).
 
 Column structure (all layouts): with ``D = 2^ceil(log2 d)`` (the *block*),
 ``columns[k] = k + high[k] * D``. Because the low and high bits of a word id

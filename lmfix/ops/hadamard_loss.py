@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from lmfix.ops.hadamard import HadamardLayout
 from lmfix.ops.hadamard_blocks import HeadInputs, TorchBlocks, compute_dtype, pad_columns, padded_bias
+from lmfix.ops.precision import host_scalar
 from lmfix.ops.transform import fwht
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -37,10 +38,8 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 def _scale(alpha: torch.Tensor, layout: HadamardLayout) -> float | torch.Tensor:
-    """``alpha / sqrt(d)``: a float (as always) unless alpha lives on a GPU, where ``float()`` would wait for it."""
-    if alpha.is_cuda:
-        return alpha.detach().float() * layout.scale
-    return float(alpha) * layout.scale
+    """``alpha / sqrt(d)``: a float, or a 0-dim tensor where alpha lives on a GPU (see ``host_scalar``)."""
+    return host_scalar(alpha) * layout.scale
 
 
 def _head_inputs(x: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None, layout: HadamardLayout) -> HeadInputs:

@@ -69,3 +69,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def resolve_precisions(names: Sequence[str], device: torch.device) -> tuple[str, ...]:
     """Each of ``names`` resolved, duplicates dropped (``fp32,auto`` on a bf16 machine: fp32, bf16)."""
     return tuple(dict.fromkeys(resolve_precision(name, device) for name in names))
+
+
+def host_scalar(value: torch.Tensor) -> float | torch.Tensor:
+    """``float(value)``, except on a GPU: there the detached float32 0-dim tensor, since ``float()`` would wait
+    for the device (a host sync per training step for alpha)."""
+    return value.detach().float() if value.is_cuda else float(value)

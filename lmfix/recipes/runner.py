@@ -161,6 +161,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         unknown = sorted(set(data) - {"description", "train", "embeddings", "seeds"})
         if unknown:
             raise RecipeError(f"{path / f'{name}.toml'}: unknown section(s) {', '.join(unknown)}")
+        _known(path / f"{name}.toml", {k: data[k] for k in ("train", "embeddings") if k in data},
+               {"train": None, "embeddings": None})
         seeds = _seeds(path / f"{name}.toml", data["seeds"]) if "seeds" in data else None
         variants.append(Variant(name, data.get("description", ""), data.get("train", {}), data.get("embeddings", {}),
                                 seeds))

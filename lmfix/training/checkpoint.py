@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lmfix import atomic
-from lmfix.errors import LmfixError
+from lmfix.errors import LmfixError, first_line
 
 FORMAT = 1
 LAST = "checkpoint.pt"
@@ -41,17 +41,16 @@ def save(path: Path, state: dict) -> None:
     atomic.write_bytes(path, buffer.getbuffer())
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+def load(path: Path) -> dict:
     """Read a checkpoint with the safe unpickler; any damage becomes a one-line CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train the run first (lmfix train)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, wrong magic, pickled objects: all mean "unusable"
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({why}); restore it, or delete the run and "
+            f"checkpoint {path} is corrupt or unreadable ({first_line(exc, 120)}); restore it, or delete the run and "
             f"train again (--overwrite)"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -71,8 +70,7 @@ def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
     try:
         model.load_state_dict(upgrade_weights(weights))
     except (RuntimeError, KeyError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path} does not fit the model its run's config.toml describes ({first}); "
+        raise CheckpointError(f"{path} does not fit the model its run's config.toml describes ({first_line(exc)}); "
                               "it belongs to another run") from None
 
 
@@ -86,7 +84,7 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path} ({exc}); delete it and rerun the command that writes it") from exc
 
 

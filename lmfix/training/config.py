@@ -234,7 +234,7 @@ class TrainConfig:
             return cls.from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise ConfigError(f"{run_dir} is not a training run (no {CONFIG_FILE}); check the path") from None
-        except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError) as exc:
             raise ConfigError(f"cannot read {path} ({exc}); restore it or start a new run") from exc
 
     def differences(self, other: TrainConfig) -> dict[str, tuple]:

@@ -81,11 +81,12 @@ class Trainer:
         self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
         self.optimizer = self._make_optimizer(self.optimizer_kind)
 
-        columns = batchify_split(self.corpus.train, config.batch_size * ddp.world, "train")
+        columns = batchify_split(self.corpus.train, config.batch_size * ddp.world, "train", "lower --batch-size")
         mine = columns[:, ddp.rank * config.batch_size : (ddp.rank + 1) * config.batch_size]
         self.stream = BPTTStream(mine.contiguous().to(device), config.bptt, config.variable_bptt, seed=config.seed)
         valid = self.corpus.valid[: config.eval_tokens or None]
-        self.valid_data = batchify_split(valid, config.eval_batch_size, "valid").to(device)
+        self.valid_data = batchify_split(valid, config.eval_batch_size, "valid",
+                                         "lower --eval-batch-size (or raise --eval-tokens)").to(device)
         self.tokens_per_epoch = (columns.size(0) - 1) * columns.size(1)
         self.metrics = checkpoint.MetricsLog(run_dir / checkpoint.METRICS)
 
@@ -253,7 +254,7 @@ class Trainer:
                 p.data.copy_(value)
 
     def _validate(self) -> None:
-        loss = torch.zeros(1)
+        loss = torch.zeros(1, device=self.device)  # nccl broadcasts CUDA tensors only
         with self._eval_weights():
             if self.dist.main:
                 loss[0] = corpus_loss(self.model, self.valid_data, self.cfg.bptt)[0]
