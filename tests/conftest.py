@@ -56,3 +56,23 @@ def wikitext2_dir() -> Path:
     if root is None:
         pytest.skip("WikiText-2 not found: set LMFIX_CORPORA or put it at ../shared/corpora/wikitext-2")
     return root / "wikitext-2"
+
+
+_CACHE_BEFORE = pytest.StashKey[set[str]]()
+
+
+def _repo_cache() -> set[str]:
+    return {p.name for p in (ROOT / "corpora").iterdir() if p.is_dir()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.stash[_CACHE_BEFORE] = _repo_cache()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test (or a process it started) prepared a corpus into the repo's own cache."""
+    new = sorted(_repo_cache() - session.stash.get(_CACHE_BEFORE, set()))
+    if new:
+        print(f"\ntests wrote into the repository's cache corpora/: {', '.join(new)} (use the test's LMFIX_CACHE)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+

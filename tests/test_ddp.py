@@ -24,7 +24,11 @@ SETTINGS = dict(batch_size=2, dropout=0.0, dropouth=0.0, dropouti=0.0, epochs=1,
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "lmfix"]
-TORCHRUN_ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def torchrun_env(**extra: str) -> dict[str, str]:
+    """The environment at call time: it holds the test's own LMFIX_CACHE (see conftest), not the repo's cache."""
+    return dict(os.environ, OMP_NUM_THREADS="1", **extra)
 
 
 def torchrun_cmd(corpus_dir: Path, run_dir: Path, **overrides) -> list[str]:
@@ -36,7 +40,7 @@ def torchrun_cmd(corpus_dir: Path, run_dir: Path, **overrides) -> list[str]:
 
 
 def finished(cmd: list[str], run_dir: Path) -> dict:
-    proc = subprocess.run(cmd, cwd=ROOT, env=TORCHRUN_ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gradient all-reduce" in proc.stdout and proc.stdout.count("best valid ppl") == 1  # rank 0 prints
     return json.loads((run_dir / checkpoint.SUMMARY).read_text())
@@ -91,7 +95,7 @@ def test_a_finished_run_leaves_no_ddp_wrapper_for_interpreter_exit(tiny_corpus_d
         gc.collect()
         sys.exit(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
     """))
-    env = dict(TORCHRUN_ENV, PYTHONPATH=str(ROOT))
+    env = torchrun_env(PYTHONPATH=str(ROOT))
     proc = subprocess.run([*TORCHRUN[:-2], str(worker)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]  # exit status: the DDP wrappers still alive after train()
@@ -106,7 +110,7 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resume_matches_an_uninterrupted_r
 
     run = tmp_path / "interrupted"
     # A terminal's Ctrl-C reaches torchrun and both workers (one process group); torchrun forwards it once more.
-    child = subprocess.Popen(torchrun_cmd(tiny_corpus_dir, run, **long), cwd=ROOT, env=TORCHRUN_ENV,
+    child = subprocess.Popen(torchrun_cmd(tiny_corpus_dir, run, **long), cwd=ROOT, env=torchrun_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (run / checkpoint.LAST).exists():
@@ -156,8 +160,8 @@ def launch_by_hand(cmd: list[str]) -> list[subprocess.CompletedProcess]:
         port = s.getsockname()[1]
     procs = []
     for rank in range(2):
-        env = dict(TORCHRUN_ENV, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = torchrun_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen([sys.executable, "-c", CONTENDED_RANK, *cmd], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
