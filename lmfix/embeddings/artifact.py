@@ -108,7 +108,7 @@ class EmbeddingArtifact:
         return self.hadamard.rows(torch.from_numpy(ids)).numpy()
 
     def dense(self) -> np.ndarray:
-        """The full V x d matrix (generated for Hadamard: for inspection and export only)."""
+        """The full V x d matrix, generated for Hadamard (for inspection; export streams rows in chunks)."""
         return self.matrix if self.matrix is not None else self.rows(np.arange(len(self.vocab)))
 
     def header(self) -> dict:
