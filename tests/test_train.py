@@ -6,15 +6,17 @@ import json
 import math
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lmfix.cli import main
+from lmfix.model.heads import LearnedHead
 from lmfix.model.language_model import LanguageModel
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig, resume_config
-from lmfix.training.trainer import TrainingDiverged, train
+from lmfix.training.trainer import Trainer, TrainingDiverged, train
 
 TINY = dict(emsize=16, nhid=24, nlayers=2, batch_size=4, eval_batch_size=4, bptt=10, epochs=1, lr=5.0,
             log_interval=5, checkpoint_interval=10, dropout=0.1, dropouth=0.1, dropouti=0.1)
@@ -254,3 +256,37 @@ def test_bad_gemm_backend_is_one_line_before_the_run_starts(tiny_corpus_dir, tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown GEMM backend 'mkl'" in err and "LMFIX_GEMM" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_nt_asgd_evaluation_swaps_in_the_averaged_weights_for_a_bf16_head_too():
+    """A bf16 head keeps E rounded once per change of E; the swap to the averaged weights must count as one,
+    or validation would score the averaged body with the non-averaged classifier."""
+    head = LearnedHead(50, 16)
+    head.use_operands(torch.bfloat16)
+    params = list(head.parameters())
+    optimizer = torch.optim.ASGD(params, lr=0.5, t0=0, lambd=0.0)
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        head.loss(torch.randn(20, 16, generator=g), torch.randint(50, (20,), generator=g)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    current = head.operand_weight().clone()
+    average = optimizer.state[head.weight]["ax"]
+    assert not torch.equal(average.bfloat16(), current)
+    trainer = SimpleNamespace(optimizer_kind="averaged", params=params, optimizer=optimizer)
+    with Trainer._eval_weights(trainer):
+        assert torch.equal(head.operand_weight(), average.bfloat16())
+    assert torch.equal(head.operand_weight(), current)
+
+
+def test_an_nt_asgd_checkpoint_from_a_gpu_resumes_on_the_cpu(tiny_corpus_dir, tmp_path):
+    """ASGD is capturable on a GPU (its step count stays there); that flag is saved with the optimizer."""
+    run = tmp_path / "run"
+    train(tiny_config(tiny_corpus_dir, optimizer="asgd", lr=30.0, nonmono=1, eval_interval=5, max_tokens=600), run)
+    state = checkpoint.load(run / checkpoint.LAST)
+    assert state["optimizer_kind"] == "averaged"
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as a CUDA run saves it
+    checkpoint.save(run / checkpoint.LAST, state)
+    result = train(resume_config(run, {"max_tokens": 1200}), run, resume=True)
+    assert result.tokens >= 1200 and math.isfinite(result.best_valid_ppl)

@@ -7,7 +7,8 @@ goes to ``DIR/<step>.log``; a failed step is recorded and the next one runs:
 
 1. ``env``: GPU, driver, CUDA, torch, triton, Python, peers -> ``env.json``
 2. ``tests``: the Triton kernels compiled for the GPU, fp32 and bf16, against
-   float64 references (``tests/test_ops_triton.py -k cuda``) -> ``tests.xml``
+   float64 references (``tests/test_ops_triton.py -k cuda``), and the CUDA-only
+   paths (``tests/test_cuda_paths.py``) -> ``tests.xml``
 3. ``head-*``: ``lmfix bench head`` at V=33,278 d=512 and V=256,000 d=4,096
    (700 tokens, and 8,192 at the large size), every row -> ``head-*.json``
 4. ``bench-train``: ``lmfix bench train``, 512/512, plain, learned, orthogonal,
@@ -103,7 +104,8 @@ def plan(out: Path, device: str, quick: bool, corpus: str) -> list[Step]:
     steps.append(Step(
         "tests",
         (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", select,
-         "--junitxml", str(out / "tests.xml"), str(ROOT / "tests" / "test_ops_triton.py")),
+         "--junitxml", str(out / "tests.xml"), str(ROOT / "tests" / "test_ops_triton.py"),
+         str(ROOT / "tests" / "test_cuda_paths.py")),
         240, ("tests.xml",), env={"TRITON_INTERPRET": None if cuda else "1"},
     ))
     for vocab, dim, tokens in sizes.heads:

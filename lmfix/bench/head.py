@@ -153,9 +153,10 @@ def _seconds(step: Callable[[], object], device: torch.device) -> float:
         step()
         return time.perf_counter() - start
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    stream = torch.cuda.current_stream(device)  # the stream of the work's device, not of device 0
+    start.record(stream)
     step()
-    end.record()
+    end.record(stream)
     end.synchronize()
     return start.elapsed_time(end) / 1000
 

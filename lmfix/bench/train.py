@@ -172,7 +172,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 step()
         samples: dict[str, list[float]] = {name: [] for name in steppers}
         # a GPU runs ahead of Python: wait for its queue before each clock read
-        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         for r in range(cfg.rounds):
             for name, step in steppers.items():
                 for _ in range(cfg.steps):
@@ -219,7 +219,7 @@ def _profile(step: Callable[[], None], steps: int, device: torch.device) -> dict
         for _ in range(steps):
             step()
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
     own = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000 / steps)
            for e in prof.key_averages()]
     own.sort(key=lambda item: item[1], reverse=True)

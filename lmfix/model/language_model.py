@@ -9,8 +9,8 @@ Everything about E (learned, frozen or generated) lives in the head
 * ``dropouti`` / ``dropout``: locked (variational) dropout on the body's input and output.
 
 In bf16 (``set_precision``) the body runs under ``torch.autocast`` (bf16 products,
-float32 weights); its output and the carried state are float32 again before the
-head, which chooses its own operand dtype.
+float32 weights; a recurrent layer on a GPU opts out, see ``RecurrentLayer``); its output
+and the carried state are float32 again before the head, which chooses its own operand dtype.
 """
 
 from __future__ import annotations

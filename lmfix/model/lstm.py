@@ -36,6 +36,14 @@ class RecurrentLayer(nn.Module):
         self.wdrop = wdrop
 
     def forward(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            # Autocast casts cuDNN RNNs to float16 whatever dtype it was given (ATen's AutocastRNN), and lmfix
+            # scales no loss: on a GPU the recurrence runs in float32 (the head's products stay bf16).
+            with torch.autocast("cuda", enabled=False):
+                return self._run(x.float(), tuple(s.float() for s in state))
+        return self._run(x, state)
+
+    def _run(self, x: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         hx = state if len(state) > 1 else state[0]  # nn.LSTM takes (h, c), nn.GRU h
         if self.training and self.wdrop > 0:
             dropped = F.dropout(self.rnn.weight_hh_l0, self.wdrop, training=True)

@@ -111,7 +111,9 @@ class Trainer:
         if kind == "sgd":
             return torch.optim.SGD(self.params, lr=self.lr, weight_decay=wd)
         if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
-            return torch.optim.ASGD(self.params, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd)
+            # capturable on a GPU: its step count stays there, not read back (.item()) per parameter per step
+            return torch.optim.ASGD(self.params, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd,
+                                    capturable=self.device.type == "cuda")
         cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
         # Adam moves every parameter by about lr per step, whatever its size: right for weights of ~0.1,
         # but a fixed head's alpha starts at --alpha (10) and SGD took it to 18-19 in the LSTM recipes; at
@@ -241,17 +243,21 @@ class Trainer:
         if self.optimizer_kind != "averaged":
             yield
             return
+        # p.copy_ under no_grad, not p.data.copy_: only the former bumps p's version, which tells a bf16
+        # run's head that its rounded copy of E is stale (LearnedHead.operand_weight)
         saved = []
-        for p in self.params:
-            state = self.optimizer.state[p]
-            if "ax" in state:
-                saved.append((p, p.detach().clone()))
-                p.data.copy_(state["ax"])
+        with torch.no_grad():
+            for p in self.params:
+                state = self.optimizer.state[p]
+                if "ax" in state:
+                    saved.append((p, p.detach().clone()))
+                    p.copy_(state["ax"])
         try:
             yield
         finally:
-            for p, value in saved:
-                p.data.copy_(value)
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
 
     def _validate(self) -> None:
         loss = torch.zeros(1, device=self.device)  # nccl broadcasts CUDA tensors only
@@ -371,6 +377,9 @@ class Trainer:
             raise ConfigError(f"{self.run_dir}'s optimizer state has {saved} parameter group(s) where this lmfix "
                               f"makes {made} (alpha's own learning rate under Adam); finish the run with the "
                               "lmfix that started it, or train it again")
+        for saved_group, group in zip(state["optimizer"]["param_groups"], self.optimizer.param_groups, strict=True):
+            if "capturable" in group:  # ASGD's, set by the device: a CUDA run resumes on a CPU and back
+                saved_group["capturable"] = group["capturable"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["stream"])
         mine = state["ranks"][self.dist.rank]
@@ -445,13 +454,13 @@ def corpus_loss(model: LanguageModel, data: torch.Tensor, bptt: int, stride: int
     was_training = model.training
     model.eval()
     state = model.init_state(data.size(1))
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=data.device), 0  # summed where it lives: no sync
     for x, y in sliding_windows(data, bptt, stride or bptt):
         loss, state = model(x, y, state, reduction="sum")
-        total += loss.item()
+        total += loss
         count += y.numel()
     model.train(was_training)
-    return total / count, count
+    return total.item() / count, count
 
 
 def train(
