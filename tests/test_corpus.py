@@ -145,6 +145,19 @@ def test_checksum_mismatch_is_an_error_unless_no_verify(fake_manifest: Path):
     assert c.stats["tokens"]["test"] > 0
 
 
+def test_a_tokenizer_that_no_longer_matches_the_manifests_counts_is_an_error(fake_manifest: Path):
+    """Verified files must tokenize to the manifest's counts (one <eos> per line): else lmfix's word
+    tokenizer drifted and perplexities would not compare with published ones."""
+    assert load("toy", data_dir=fake_manifest).stats["tokens"]["train"] > 0  # the fixture's counts agree
+    manifest = sources.MANIFEST_DIR / "toy.toml"
+    text = manifest.read_text()
+    train_tokens = int(text.split("tokens = ", 1)[1].split()[0])
+    manifest.write_text(text.replace(f"tokens = {train_tokens}", f"tokens = {train_tokens + 1}", 1))
+    with pytest.raises(CorpusError, match=rf"tokenizing gave {train_tokens:,} train tokens where its manifest "
+                                          rf"counts {train_tokens + 1:,}"):
+        load("toy", data_dir=fake_manifest, force=True)
+
+
 def _stand_in_hub(directory: Path):
     """A local stand-in for the hub: a real DatasetDict with one record per line, hub-style.
 

@@ -99,9 +99,11 @@ def prepared_dir(name: str, files: dict[str, Path], manifest: Manifest | None, t
 
 def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerConfig, out: Path, verify: bool) -> dict:
     texts: dict[str, list[str]] = {}
+    verified = []
     for split, path in files.items():
         text = read_text(path)
-        verify_split(split, path, text, manifest.splits[split] if manifest else None, verify)
+        if verify_split(split, path, text, manifest.splits[split] if manifest else None, verify):
+            verified.append(split)
         lines = text.splitlines()
         if not any(line.strip() for line in lines):
             raise CorpusError(f"the {split} split {path} is empty; it needs at least one line of text")
@@ -126,7 +128,24 @@ def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerCon
         stats["lines"][split] = len(tokens[split])
     stats["vocab_size"] = len(vocab)
     stats["vocab_fingerprint"] = vocab.fingerprint
+    if manifest and tok.kind == "word":
+        _check_counts(manifest, stats, verified)
     return stats
+
+
+def _check_counts(manifest: Manifest, stats: dict, verified: list[str]) -> None:
+    """The manifest's counts (one <eos> per line, measured on the official files) against what tokenizing
+    verified files gave: a mismatch means the word tokenizer drifted, and perplexities would no longer be
+    comparable with published ones."""
+    expected = [(f"{s} {kind}", getattr(manifest.splits[s], kind), stats[kind][s])
+                for s in verified for kind in ("tokens", "lines")]
+    if len(verified) == len(SPLITS):  # the vocabulary also depends on valid/test (an <unk> when they have OOVs)
+        expected.append(("vocabulary words", manifest.vocab_size, stats["vocab_size"]))
+    for what, want, got in expected:
+        if want is not None and got != want:
+            raise CorpusError(f"{manifest.name}: tokenizing gave {got:,} {what} where its manifest counts {want:,}, "
+                              "although the files passed their checksums: this lmfix tokenizes differently from "
+                              "the one that wrote the manifest; report it (and use the lmfix that matches)")
 
 
 def prepare(

@@ -222,20 +222,22 @@ def file_checksums(text: str, raw: bytes) -> tuple[str, str]:
     return hashlib.sha256(raw).hexdigest(), hashlib.sha256(norm.encode("utf-8")).hexdigest()
 
 
-def verify_split(split: str, path: Path, text: str, spec: SplitSpec | None, verify: bool) -> None:
+def verify_split(split: str, path: Path, text: str, spec: SplitSpec | None, verify: bool) -> bool:
+    """True when ``text`` matched a checksum of the manifest; a mismatch is an error unless not ``verify``."""
     if spec is None:
-        return
+        return False
     if not (spec.sha256 or spec.tokens_sha256):
         warnings.warn(f"no checksum for {split} in the manifest: {path} not verified", stacklevel=3)
-        return
+        return False
     sha, tok_sha = file_checksums(text, path.read_bytes())
     if sha == spec.sha256 or tok_sha == spec.tokens_sha256:
-        return
+        return True
     if verify:
         raise CorpusError(
             f"checksum mismatch for {path} (sha256 {sha[:12]}..., expected {spec.sha256[:12]}...): "
             f"the file is corrupt or a different version; re-download it, or pass --no-verify"
         )
     warnings.warn(f"checksum mismatch for {path} accepted because of --no-verify", stacklevel=3)
+    return False
 
 
