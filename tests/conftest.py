@@ -58,21 +58,31 @@ def wikitext2_dir() -> Path:
     return root / "wikitext-2"
 
 
-_CACHE_BEFORE = pytest.StashKey[set[str]]()
+_REPO_BEFORE = pytest.StashKey[dict[str, tuple[int, int]]]()
 
 
-def _repo_cache() -> set[str]:
-    return {p.name for p in (ROOT / "corpora").iterdir() if p.is_dir()}
+def _repo_outputs() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every file where lmfix writes by default inside the repository: the corpus and
+    embedding caches, runs/, and the recipes' committed results."""
+    places = [ROOT / "corpora", ROOT / "cache", ROOT / "runs", *(ROOT / "recipes").glob("*/results")]
+    found = {}
+    for place in places:
+        for path in place.rglob("*") if place.is_dir() else ():
+            if path.is_file():
+                info = path.stat()
+                found[str(path.relative_to(ROOT))] = (info.st_mtime_ns, info.st_size)
+    return found
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.stash[_CACHE_BEFORE] = _repo_cache()
+    session.stash[_REPO_BEFORE] = _repo_outputs()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when a test (or a process it started) prepared a corpus into the repo's own cache."""
-    new = sorted(_repo_cache() - session.stash.get(_CACHE_BEFORE, set()))
-    if new:
-        print(f"\ntests wrote into the repository's cache corpora/: {', '.join(new)} (use the test's LMFIX_CACHE)")
+    """Fail the run when a test (or a process it started) wrote into the repository's caches, runs/ or results."""
+    before, after = session.stash.get(_REPO_BEFORE, {}), _repo_outputs()
+    changed = sorted(path for path, stamp in after.items() if before.get(path) != stamp)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        print(f"\ntests wrote into the repository: {shown} (tests write under tmp_path and their LMFIX_CACHE)")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-

@@ -33,8 +33,8 @@ def test_the_gpu_plan_runs_the_cuda_tests_and_the_papers_sizes_on_the_gpu(tmp_pa
 
 def test_a_step_past_its_time_limit_is_killed_and_recorded(tmp_path):
     sleeper = Step("sleep", (sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"), 1)
-    result = gpu._run_step(sleeper, tmp_path, timeout_s=1.5)
-    assert result["status"] == "timeout after 2 s" and result["seconds"] < 10
+    result = gpu._run_step(sleeper, tmp_path, timeout_s=5)  # time for Python to start and print, even loaded
+    assert result["status"] == "timeout after 5 s" and result["seconds"] < 60  # killed, not slept out
     assert (tmp_path / "sleep.log").read_text().strip() == "started"
 
 

@@ -253,7 +253,9 @@ def test_bench_train_times_every_body(model: str, tiny_corpus_dir: Path):
                            bptt=5, rounds=1, steps=1, warmup=1, variants=("plain", "learned", "hadamard"))
     result = bench_train(cfg)
     assert set(result["variants"]) == {"plain", "learned", "hadamard"} and result["config"]["model"] == model
-    assert result["profile"] == {}
+    for timed in result["variants"].values():  # one timed step each, of that body: a rate, not a threshold
+        assert timed["steps"] == 1 and timed["median_tok_s"] > 0
+    assert set(result["ratios"]) == {"learned / plain", "hadamard / learned"}
 
 
 def test_bench_train_profile_names_the_ops_that_take_the_time(tiny_corpus_dir: Path, capsys):

@@ -154,7 +154,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def launch_by_hand(cmd: list[str]) -> list[subprocess.CompletedProcess]:
+def launch_by_hand(cmd: list[str], attempts: int = 3) -> list[subprocess.CompletedProcess]:
+    """Both ranks started by hand on a free port; again on another port if something took it in between."""
+    for _ in range(attempts):
+        done = _launch_on_a_free_port(cmd)
+        if not any("address already in use" in proc.stderr.lower() for proc in done):
+            return done
+    return done
+
+
+def _launch_on_a_free_port(cmd: list[str]) -> list[subprocess.CompletedProcess]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

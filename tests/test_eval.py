@@ -38,11 +38,6 @@ def test_evaluate_writes_both_splits_with_awd_batch_sizes(trained: Path, capsys)
     assert json.loads((trained / "eval.json").read_text())["test"]["batch_size"] == 2
 
 
-def test_evaluate_unknown_split_is_one_line(trained: Path, capsys):
-    code = main(["evaluate", str(trained), "--split", "dev"])
-    assert_one_line_error(code, capsys.readouterr().err, "unknown split 'dev'")
-
-
 def test_generate_is_reproducible_with_a_seed(trained: Path, capsys):
     text = generate(trained, words=30, seed=4)
     assert text == generate(trained, words=30, seed=4)

@@ -40,10 +40,11 @@ def runs_with_a_finished_run(tiny_corpus_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("name", "overwrite"), [
-    (".", True), ("..", True), ("/tmp", True), ("a/b", False), ("../escape", False), (".hidden", False), ("", False),
+    (".", True), ("..", True), ("{elsewhere}", True), ("a/b", False), (".hidden", False), ("", False),
 ])
 def test_name_is_a_folder_name_not_a_path(runs_with_a_finished_run, tiny_corpus_dir, capsys, name, overwrite):
     before = snapshot(runs_with_a_finished_run)
+    name = name.format(elsewhere=runs_with_a_finished_run.parent / "elsewhere")  # an absolute path, never /tmp
     argv = ["train", *tiny_flags(tiny_corpus_dir, runs_with_a_finished_run), "--name", name, "--max-tokens", "100"]
     code, _, err = run_cli(argv + (["--overwrite"] if overwrite else []), capsys)
     assert_one_line_error(code, err, "--name must be a plain folder name")
@@ -172,7 +173,7 @@ def test_recipe_mistakes_are_named(tmp_path, capsys, recipe, variant, message):
     folder.mkdir()
     (folder / "recipe.toml").write_text(recipe)
     (folder / "learned.toml").write_text(variant)
-    code, _, err = run_cli(["run", str(folder), "--seeds", "9"], capsys)
+    code, _, err = run_cli(["run", str(folder), "--seeds", "9", "--output", str(tmp_path / "out")], capsys)
     assert_one_line_error(code, err, message)
 
 

@@ -125,11 +125,6 @@ def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
         precision.resolve_precision("fp16", cpu)
 
 
-def test_unknown_precision_flag_is_one_line(tiny_corpus_dir, tmp_path, capsys):
-    code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, tmp_path), "--precision", "fp8"], capsys)
-    assert_one_line_error(code, err, "--precision", "fp8")
-
-
 def test_a_learned_e_is_rounded_to_bf16_once_per_change_not_per_call():
     head = LearnedHead(300, 16)
     head.use_operands(torch.bfloat16)

@@ -98,6 +98,10 @@ def test_config_toml_roundtrip_and_lr_default():
 def test_adam_optimizers_train(tiny_corpus_dir, tmp_path, optimizer):
     result = train(tiny_config(tiny_corpus_dir, optimizer=optimizer, lr=0.0, max_tokens=400), tmp_path / "run")
     assert result.stop_reason == "max_tokens" and math.isfinite(result.best_valid_ppl)
+    saved = checkpoint.load(tmp_path / "run" / checkpoint.LAST)["optimizer"]
+    group = saved["param_groups"][0]  # lr 0 resolved to Adam's 1e-3; AdamW decouples its weight decay
+    assert group["lr"] == 1e-3 and group["decoupled_weight_decay"] == (optimizer == "adamw")
+    assert all({"exp_avg", "exp_avg_sq"} <= set(state) for state in saved["state"].values())
 
 
 def test_adam_steps_a_fixed_heads_alpha_in_proportion_to_its_size(tiny_corpus_dir, tmp_path):

@@ -22,14 +22,21 @@ from tests.test_train import one_thread, tiny_config  # noqa: F401  (one_thread:
 HARD = dict(epochs=3, dropoute=0.1, wdrop=0.2, variable_bptt=True, optimizer="asgd", nonmono=1, lr=30.0,
             eval_interval=12, checkpoint_interval=7, log_interval=4)
 
-# Trains like `lmfix train`, slowed down per step so the test can kill it mid-run.
+# Trains like `lmfix train`, and stops mid-run (three steps past its first checkpoint, whose work the kill
+# loses) until killed: it says so with a marker file, so the kill lands there however loaded the machine is.
 CHILD = """
-import json, sys, time, torch
+import json, pathlib, sys, time, torch
 from lmfix.training.trainer import train
 from lmfix.training.config import TrainConfig
 torch.set_num_threads(1)
-slow = lambda event: time.sleep(0.03) if event.kind == "step" else None
-train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=slow)
+past = []
+def hold_mid_run(event):
+    if event.kind == "checkpoint" or (past and event.kind == "step"):
+        past.append(event.kind)
+    if past.count("step") == 3:
+        pathlib.Path(sys.argv[3]).touch()
+        time.sleep(3600)
+train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], callback=hold_mid_run)
 """
 
 
@@ -42,18 +49,18 @@ def assert_sigkill_then_resume_matches(config: TrainConfig, tmp_path: Path, caps
     """Train ``config`` once uninterrupted, once killed with SIGKILL after a checkpoint and resumed: same end."""
     reference = train(config, tmp_path / "reference")
 
-    run = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config.to_dict()), str(run)],
+    run, held = tmp_path / "killed", tmp_path / "held"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config.to_dict()), str(run), str(held)],
                              cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ))
-    deadline = time.monotonic() + 60
-    while not (run / checkpoint.LAST).exists():
-        assert child.poll() is None, "the training process ended before its first checkpoint"
+    deadline = time.monotonic() + 600  # against a hang only
+    while not held.exists():
+        assert child.poll() is None, "the training process ended before it was three steps past a checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     killed_at = checkpoint.load(run / checkpoint.LAST)["progress"]["step"]
-    assert not (run / checkpoint.SUMMARY).exists() and killed_at < reference.steps
+    assert not (run / checkpoint.SUMMARY).exists() and killed_at + 3 < reference.steps
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     capsys.readouterr()
