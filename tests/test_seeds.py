@@ -33,4 +33,7 @@ def test_paired_change_uses_only_the_shared_seeds():
     assert change.high == pytest.approx(half)
     one = paired_change({1: 105.0}, {1: 100.0})
     assert one.low is None and str(one) == "+5.0% (1 seed)"
+    assert str(paired_change({1: 100.006}, {1: 100.0})) == "+0.01% (1 seed)"  # small changes keep two decimals
+    small = paired_change({1: 100.1, 2: 100.2, 3: 100.3}, {1: 100.0, 2: 100.0, 3: 100.0})
+    assert str(small) == f"+0.20% [{small.low:+.2f}, {small.high:+.2f}] (3 seeds)" and small.high < 1
     assert paired_change({1: 1.0}, {2: 1.0}) is None

@@ -46,9 +46,11 @@ class Interval:
     high: float | None
 
     def __str__(self) -> str:
+        # Changes all within +-1% (bf16 against fp32 in a stable regime) get two decimals, not a row of +0.0%.
+        places = 2 if all(abs(v) < 1 for v in (self.mean, self.low, self.high) if v is not None) else 1
         if self.low is None:
-            return f"{self.mean:+.1f}% (1 seed)"
-        return f"{self.mean:+.1f}% [{self.low:+.1f}, {self.high:+.1f}] ({self.n} seeds)"
+            return f"{self.mean:+.{places}f}% (1 seed)"
+        return f"{self.mean:+.{places}f}% [{self.low:+.{places}f}, {self.high:+.{places}f}] ({self.n} seeds)"
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> Interval:
