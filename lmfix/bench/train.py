@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmfix.data.batching import BPTTStream, batchify
+from lmfix.model.registry import RECURRENT
 from lmfix.model.transformer import sinusoidal
 from lmfix.ops import gemm
 from lmfix.ops.precision import resolve_precisions
@@ -140,7 +141,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     unknown = sorted(set(cfg.variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"unknown bench variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    if "plain" in cfg.variants and cfg.model != "transformer" and cfg.nhid != cfg.emsize:
+    if "plain" in cfg.variants and cfg.model in RECURRENT and cfg.nhid != cfg.emsize:
         raise ConfigError(f"plain ties its decoder to the embedding, as pytorch/examples does: it needs --nhid equal "
                           f"to --emsize (got {cfg.nhid} and {cfg.emsize}); set them equal or leave plain out of "
                           "--variants")

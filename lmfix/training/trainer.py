@@ -378,7 +378,7 @@ class Trainer:
                               f"makes {made} (alpha's own learning rate under Adam); finish the run with the "
                               "lmfix that started it, or train it again")
         for saved_group, group in zip(state["optimizer"]["param_groups"], self.optimizer.param_groups, strict=True):
-            if "capturable" in group:  # ASGD's, set by the device: a CUDA run resumes on a CPU and back
+            if "capturable" in group:  # as this device made it (ASGD: on a GPU), so a CUDA run resumes on a CPU
                 saved_group["capturable"] = group["capturable"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.stream.load_state_dict(state["stream"])
