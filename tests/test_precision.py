@@ -28,8 +28,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("learned", [False, True])
-def test_dense_loss_bf16_matches_float64(learned, monkeypatch):
-    monkeypatch.setattr("lmfix.ops.dense_loss._CHUNK_ELEMENTS", 60 * 3000)  # several chunks
+@pytest.mark.parametrize("block", [1, 7, 32])  # softmax blocks of rows (1: G's rows summed one at a time)
+def test_dense_loss_bf16_matches_float64(learned, block, monkeypatch):
+    monkeypatch.setattr("lmfix.ops.dense_loss._LOW_CHUNK_ELEMENTS", 60 * 3000)  # several chunks of 50 rows
+    monkeypatch.setattr("lmfix.ops.dense_loss._CPU_SOFTMAX_ROWS", block)
     gen = torch.Generator().manual_seed(0)
     n, d, v = 200, 48, 3000
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)

@@ -14,7 +14,8 @@ only scales them), so the logits are never recomputed. Under ``no_grad``
 
 With ``operands=torch.bfloat16`` the three products take bf16 operands (x, W and
 G rounded once per chunk; float32 accumulation inside the GEMM) while the
-bias, log-sum-exp, softmax, loss and every returned gradient stay float32. A
+bias, log-sum-exp, softmax, loss and every returned gradient stay float32 (on a
+CPU over blocks of rows that stay in cache, so that no N x V float32 tensor exists). A
 frozen W can be passed already in bf16 (stored once, half the memory); a
 learned float32 W comes with its bf16 copy in ``packed`` (or is rounded here).
 """
@@ -32,6 +33,9 @@ _CHUNK_ELEMENTS = 1 << 23
 # bf16 products gain from taller chunks: at V = 33278, d = 512 the two per-chunk products of
 # 700 tokens took 128 ms in one chunk against 136 ms in three (oneDNN, this project's CPU).
 _LOW_CHUNK_ELEMENTS = 1 << 25
+# bf16 on a CPU: the float32 softmax passes run over blocks of this many rows (4.3 MB at V = 33k), which stay in
+# cache; over a whole 700 x 33,278 chunk each pass went to memory (19 against 29 ms per chunk, this project's CPU).
+_CPU_SOFTMAX_ROWS = 32
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -111,6 +115,34 @@ def chunk_rows(tokens: int, vocab_size: int, operands: torch.dtype = torch.float
     return max(1, -(-tokens // chunks))
 
 
+def _low_softmax(logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None,
+                 bias_rows: torch.Tensor | None) -> torch.Tensor:
+    """``-sum log p(target)`` of the float32 softmax of bf16 ``logits`` + ``bias``, one block of rows at a time.
+
+    With ``g`` (bf16, like ``logits``): ``softmax - onehot`` rounded into it, and its float32 rows added into
+    ``bias_rows`` (a block's height, or one row: then summed first). -log p(target) comes from the softmax:
+    exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
+    """
+    step = _CPU_SOFTMAX_ROWS if logits.device.type == "cpu" else logits.shape[0]  # one block on a GPU
+    block = logits.new_empty((min(step, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
+    total = block.new_zeros(())
+    for start in range(0, logits.shape[0], step):
+        yc = target[start : start + step]
+        at = torch.arange(yc.numel(), device=yc.device)
+        p = block[: yc.numel()].copy_(logits[start : start + step]).add_(bias)  # widened, then the bias added
+        torch.softmax(p, 1, out=p)
+        total -= p[at, yc].clamp_min(_TINY).log().sum()
+        if g is None:
+            continue
+        p[at, yc] -= 1  # d(loss) / d(logits)
+        if bias_rows.shape[0] == 1:
+            bias_rows += p.sum(0)
+        else:
+            bias_rows[: yc.numel()] += p
+        g[start : start + step].copy_(p)
+    return total
+
+
 class _DenseCrossEntropy(torch.autograd.Function):
     """Loss (times ``norm``) in the forward; the gradients of x, scale, bias and a learned W with it."""
 
@@ -134,25 +166,24 @@ class _DenseCrossEntropy(torch.autograd.Function):
             w = weight.to(operands)  # no copy when it already is (float32, or a frozen bf16 E)
             packed = w, w.t()
         forward_w, backward_w = packed
-        # One float32 logits buffer for all chunks, where the backend writes into it (not oneDNN).
-        buffer = None if uses_onednn(x, forward_w) else x.new_empty(rows * weight.shape[0])
+        # One float32 logits buffer for all chunks, where the backend writes into it (not oneDNN, not bf16).
+        buffer = None if low or uses_onednn(x, forward_w) else x.new_empty(rows * weight.shape[0])
         g_buffer = x.new_empty((x.shape[0] if keep_g else rows) * weight.shape[0], dtype=operands) \
             if low and need_g else None
+        # bf16: G's rows are added up elementwise per block (in cache), summed into the bias gradient at the end
+        bias_rows = x.new_zeros(_CPU_SOFTMAX_ROWS if x.is_cpu else 1, weight.shape[0]) if low and need_g else None
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], target[start : start + rows]
-            at = torch.arange(yc.numel(), device=yc.device)
-            out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
             xs = xc if scale is None else xc * a
-            if low:
-                # bf16 product; bias, softmax and loss in float32. -log p(target) from the fused softmax:
-                # exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
-                logits = linear(xs.to(operands), forward_w)  # bf16 product; widened, then the bias added
-                logits = (logits.float() if out is None else out.copy_(logits)).add_(bias)
-                g = torch.softmax(logits, 1)
-                total -= g[at, yc].clamp_min(_TINY).log().sum()
+            if low:  # bf16 product; bias, softmax, loss and G in float32, G then rounded into the bf16 buffer
+                offset = start * weight.shape[0] if keep_g else 0
+                g = g_buffer[offset : offset + yc.numel() * weight.shape[0]].view(yc.numel(), -1) if need_g else None
+                total += _low_softmax(linear(xs.to(operands), forward_w), bias, yc, g, bias_rows)
                 if not need_g:
                     continue
             else:
+                at = torch.arange(yc.numel(), device=yc.device)
+                out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
                 logits = linear(xs, forward_w, bias, out=out)
                 picked = logits[at, yc]
                 top = logits.amax(1, keepdim=True)
@@ -162,11 +193,8 @@ class _DenseCrossEntropy(torch.autograd.Function):
                 if not need_g:
                     continue
                 g = probs.div_(sums)
-            g[at, yc] -= 1  # g = d(loss) / d(logits)
-            grad_bias += g.sum(0)
-            if low:  # G rounded once into the bf16 buffer
-                offset = start * weight.shape[0] if keep_g else 0
-                g = g_buffer[offset : offset + g.numel()].view_as(g).copy_(g)
+                g[at, yc] -= 1  # g = d(loss) / d(logits)
+                grad_bias += g.sum(0)
             g_w = linear(g, backward_w).float()  # G W
             if grad_scale is not None:
                 grad_scale += (g_w * xc).sum()
@@ -176,6 +204,8 @@ class _DenseCrossEntropy(torch.autograd.Function):
         if keep_g:  # the scale goes into x: scaling the V x d product on its way to float32 is a slow pass
             g_all = g_buffer.view(x.shape[0], weight.shape[0])
             grad_w = torch.mm(g_all.t(), (x * (a * norm)).to(operands)).float()
+        if bias_rows is not None:
+            grad_bias += bias_rows.sum(0)
         if need_g:
             grad_bias *= norm
             if grad_scale is not None:
