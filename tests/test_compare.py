@@ -106,3 +106,70 @@ def test_precision_pairs_each_bf16_group_with_the_same_variant_in_fp32(tiny_corp
     assert rows[1] == "| learned-bf16 | learned | — |"
     assert variant(runs[3]) == "pmi bf16" and variant(runs[0]) == "pmi"
     assert precision_table(runs[:3]) is None  # no other precision: no table
+
+
+def synthetic(tiny_corpus_dir: Path, name: str, embed: str, seed: int, test_ppl: float | None,
+              precision: str = "fp32", artifact: str | None = None, metrics: list | None = None) -> Run:
+    """A finished run as ``load_run`` returns it, without training one."""
+    config = tiny_config(tiny_corpus_dir, embed=embed, seed=seed, embed_seed=seed, precision=precision)
+    summary = {"embedding": {"id": artifact}} if artifact else {}
+    return Run(Path(f"/runs/{name}"), config, summary, {} if test_ppl is None else {"test": {"ppl": test_ppl}},
+               metrics or [])
+
+
+def test_precision_pairs_on_the_same_matrix_not_only_the_same_settings(tiny_corpus_dir: Path):
+    runs = [synthetic(tiny_corpus_dir, "hadamard-seed1", "hadamard", 1, 200.0, artifact="distinct1"),
+            synthetic(tiny_corpus_dir, "hadamard-truncated-seed1", "hadamard", 1, 300.0, artifact="truncated1"),
+            synthetic(tiny_corpus_dir, "hadamard-truncated-bf16-seed1", "hadamard", 1, 303.0, "bf16", "truncated1")]
+    # same settings as plain hadamard (the layout lives in the artifact): paired with its own layout, +1%
+    assert "| hadamard-truncated-bf16 | hadamard-truncated | +1.0% (1 seed) |" in precision_table(runs)
+
+
+def test_seeds_table_says_what_its_numbers_cover(tiny_corpus_dir: Path):
+    from lmfix.analysis.compare import seeds_table
+
+    runs = [synthetic(tiny_corpus_dir, "learned-bf16-seed1", "learned", 1, 50.0, "bf16"),
+            synthetic(tiny_corpus_dir, "learned-bf16-seed2", "learned", 2, 52.0, "bf16"),
+            synthetic(tiny_corpus_dir, "learned-seed1", "learned", 1, 100.0),
+            synthetic(tiny_corpus_dir, "learned-seed2", "learned", 2, 104.0),
+            synthetic(tiny_corpus_dir, "pmi-seed1", "pmi", 1, 110.0),
+            synthetic(tiny_corpus_dir, "pmi-seed2", "pmi", 2, None),  # not evaluated
+            synthetic(tiny_corpus_dir, "pmi-seed3", "pmi", 3, 130.0),
+            synthetic(tiny_corpus_dir, "orthogonal-seed7", "orthogonal", 7, 300.0),
+            synthetic(tiny_corpus_dir, "orthogonal-seed8", "orthogonal", 8, 310.0)]
+    rows = {line.split("|")[1].strip(): line for line in seeds_table(runs).splitlines() if line.startswith("| ")}
+    # the baseline is the fp32 learned group even when a bf16 one comes first; pmi pairs seed 1 only
+    assert rows["pmi"].endswith("| +10.0% (1 seed) |") and "120.00 ± 14.14 (2 of 3 runs)" in rows["pmi"]
+    assert rows["orthogonal"].endswith("| — (no evaluated seed shared with learned) |")
+    assert rows["learned"].endswith("| — |") and rows["learned-bf16"].endswith("(2 seeds) |")
+    assert "Changes are against the group learned." in seeds_table(runs)
+
+
+def test_two_runs_of_one_group_and_seed_are_refused(tiny_corpus_dir: Path):
+    import pytest
+
+    from lmfix.analysis.compare import CompareError, seeds_table
+
+    twice = [synthetic(tiny_corpus_dir, "pmi-seed1", "pmi", 1, 110.0), synthetic(tiny_corpus_dir, "pmi-seed1", "pmi", 1,
+                                                                                 120.0)]
+    with pytest.raises(CompareError, match="both group pmi with seed 1: compare one of them"):
+        seeds_table(twice)
+
+
+def test_seeds_evaluated_at_different_token_counts_draw_no_gap_instead_of_failing(tiny_corpus_dir: Path):
+    def curve(*tokens: int) -> list[dict]:
+        return [{"tokens": t, "valid_ppl": 100.0} for t in tokens]
+
+    runs = [synthetic(tiny_corpus_dir, "learned-seed1", "learned", 1, None, metrics=curve(100, 200)),
+            synthetic(tiny_corpus_dir, "learned-seed2", "learned", 2, None, metrics=curve(110, 210)),
+            synthetic(tiny_corpus_dir, "pmi-seed1", "pmi", 1, None, metrics=curve(100)),
+            synthetic(tiny_corpus_dir, "pmi-seed2", "pmi", 2, None, metrics=curve(210))]
+    assert gap_series(runs) == []  # the two seeds' gaps share no token count
+
+
+def test_a_non_finite_perplexity_in_a_record_is_a_one_line_error(tiny_corpus_dir: Path, tmp_path: Path, capsys):
+    run = tmp_path / "runs" / "learned"
+    train(tiny_config(tiny_corpus_dir, max_tokens=200), run)
+    (run / "eval.json").write_text('{"test": {"ppl": NaN, "batch_size": 1}}')
+    assert_one_line_error(main(["compare", str(run)]), capsys.readouterr().err, "eval.json holds perplexity nan",
+                          "lmfix evaluate")

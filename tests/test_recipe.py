@@ -246,10 +246,23 @@ def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_pa
     third = run_recipe(load_recipe(folder).select(["hadamard"]), output=tmp_path / "machine-c")
     assert "| learned | learned | 1, 2 |" in third.table and "- **learned**" in third.report.read_text()
 
-    # A record trained with other settings than the recipe now asks for is not adopted.
+    # Records trained with other settings than the recipe now asks for are refused before anything trains,
+    # also those of runs not selected (the report would show them).
     (folder / "recipe.toml").write_text((folder / "recipe.toml").read_text().replace("nhid = 16", "nhid = 12"))
-    with pytest.raises(RecipeError, match="learned-seed1 was trained with nhid = 16, the recipe asks for 12"):
-        run_recipe(load_recipe(folder), output=tmp_path / "machine-d")
+    with pytest.raises(RecipeError, match=r"recipe changed since \S+learned-seed1 was committed: nhid = 16 there, "
+                                          r"12 now \(and 2 more records\); revert the recipe"):
+        run_recipe(load_recipe(folder).select(["hadamard"]), output=tmp_path / "machine-d")
+    assert not (tmp_path / "machine-d").exists()
+
+
+def test_a_recipe_ablation_of_a_head_option_gets_its_report(tmp_path: Path, tiny_corpus_dir: Path):
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n', "orthogonal": '[train]\nembed = "orthogonal"\n',
+        "orthogonal-fixed-alpha": '[train]\nembed = "orthogonal"\nfix_alpha = true\n'})
+    result = run_recipe(load_recipe(folder), output=tmp_path / "out")
+    assert "| orthogonal-fixed-alpha | orthogonal (fixed alpha) |" in result.table
+    assert "Warning: these runs differ in more than the matrix and the seeds: fix_alpha: orthogonal False, " \
+           "orthogonal-fixed-alpha True." in result.table
 
 
 def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Path, tiny_corpus_dir: Path):

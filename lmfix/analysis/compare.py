@@ -10,6 +10,7 @@ validation perplexity is from the learned tied run's as training goes on.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +69,11 @@ def load_run(path: Path) -> Run:
             f"{path} has not finished training (no {checkpoint.SUMMARY}); finish it with lmfix train --resume {path}"
         )
     evals = checkpoint.read_json(path / checkpoint.EVAL) or {}
+    for where, ppl in [(checkpoint.SUMMARY, summary.get("best_valid_ppl"))] + [
+            (f"{checkpoint.EVAL} ({split})", e.get("ppl")) for split, e in evals.items() if isinstance(e, dict)]:
+        if ppl is not None and not (isinstance(ppl, int | float) and math.isfinite(ppl)):
+            raise CompareError(f"{path / where.split()[0]} holds perplexity {ppl!r}, not a finite number: "
+                               f"evaluate it again (lmfix evaluate {path}) or leave the run out")
     return Run(path, config, summary, evals, checkpoint.MetricsLog(path / checkpoint.METRICS).read())
 
 
@@ -102,9 +108,19 @@ def variant(run: Run) -> str:
     return name if cfg.precision == "fp32" else f"{name} {cfg.precision}"
 
 
+def _learned(runs: list[Run]) -> bool:
+    return all(r.config.embed == "learned" for r in runs)
+
+
+def _baseline(candidates: list[list[Run]]) -> list[Run] | None:
+    """The learned tied baseline among ``candidates`` (runs or groups of runs): the first in fp32, else the first."""
+    learned = [c for c in candidates if _learned(c)]
+    return next((c for c in learned if c[0].config.precision == "fp32"), learned[0] if learned else None)
+
+
 def markdown_table(runs: list[Run]) -> str:
-    """One row per run; changes are relative to the first learned tied run (if any)."""
-    base = next((r for r in runs if r.config.embed == "learned"), None)
+    """One row per run; changes are relative to the first learned tied run (if any; fp32 first)."""
+    base = (_baseline([[r] for r in runs]) or [None])[0]
     base_trainable = base.summary["params"]["trainable"] if base else None
     base_valid = base.valid_ppl[0] if base else None
     base_test = base.test_ppl if base else None
@@ -152,28 +168,52 @@ def by_seed(members: list[Run]) -> dict[int, float]:
     return {r.config.seed: r.test_ppl for r in members if r.test_ppl is not None}
 
 
+def _one_run_per_seed(grouped: dict[str, list[Run]]) -> None:
+    """Two runs of one group and seed (``lmfix compare a/pmi-seed1 b/pmi-seed1``) would count once: refuse."""
+    for name, members in grouped.items():
+        seen: dict[int, Run] = {}
+        for run in members:
+            other = seen.setdefault(run.config.seed, run)
+            if other is not run:
+                raise CompareError(f"{other.path} and {run.path} are both group {name} with seed {run.config.seed}: "
+                                   "compare one of them")
+
+
+def _of(values: list, members: list[Run]) -> str:
+    """``spread(values)``, saying how many runs it covers when not all of ``members``."""
+    if not values:
+        return "—"
+    return str(spread(values)) + (f" ({len(values)} of {len(members)} runs)" if len(values) < len(members) else "")
+
+
 def seeds_table(runs: list[Run]) -> str | None:
     """Mean ± std over seeds per group and the paired change against the learned tied group; None when
     no group has more than one run."""
     grouped = groups(runs)
     if all(len(members) == 1 for members in grouped.values()):
         return None
-    base = next((m for m in grouped.values() if all(r.config.embed == "learned" for r in m)), None)
+    _one_run_per_seed(grouped)
+    base = _baseline(list(grouped.values()))
+    base_name = group_name(base[0].name) if base else None
     lines = ["| group | variant | seeds | valid ppl (mean ± std) | test ppl (mean ± std) "
              "| test ppl vs learned, paired by seed (mean, 95% CI) |", "|" + "---|" * 6]
     for name, members in grouped.items():
         valid = [r.valid_ppl[0] for r in members if r.valid_ppl[0] is not None]
         test = list(by_seed(members).values())
-        change = paired_change(by_seed(members), by_seed(base)) if base and members is not base else None
+        if base is None or members is base:
+            change = "—"
+        else:
+            change = paired_change(by_seed(members), by_seed(base)) or f"— (no evaluated seed shared with {base_name})"
         lines.append(
             f"| {name} | {variant(members[0])} | {', '.join(str(r.config.seed) for r in members)} "
-            f"| {spread(valid) if valid else '—'} | {spread(test) if test else '—'} "
-            f"| {'—' if change is None else change} |"
+            f"| {_of(valid, members)} | {_of(test, members)} | {change} |"
         )
     notes = ["", "Runs named NAME-seedN form the group NAME. std: sample standard deviation over seeds. The change "
              "is computed seed by seed (same run and embedding seed) and averaged; the interval is Student-t."]
     if base is None:
         notes.append("No learned tied group among these runs: no paired changes.")
+    elif len([m for m in grouped.values() if _learned(m)]) > 1:
+        notes.append(f"Changes are against the group {base_name}.")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -185,13 +225,19 @@ def precision_table(runs: list[Run]) -> str | None:
     def key(members: list[Run]) -> TrainConfig:  # the settings a pair shares
         return replace(members[0].config, precision="fp32", seed=0, embeddings="", embed_seed=0)
 
+    def artifacts(members: list[Run]) -> dict[int, str | None]:  # the fixed matrix's id by seed (None: learned)
+        return {r.config.seed: (r.summary.get("embedding") or {}).get("id") for r in members}
+
+    def same_matrices(a: dict[int, str | None], b: dict[int, str | None]) -> bool:  # hadamard vs its truncated layout
+        return all(a[seed] == b[seed] for seed in a.keys() & b.keys())
+
     fp32 = [(key(m), name, m) for name, m in grouped.items() if m[0].config.precision == "fp32"]
     lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
     for name, members in grouped.items():
         if members[0].config.precision == "fp32":
             continue
         for settings, base_name, base in fp32:
-            if settings == key(members):
+            if settings == key(members) and same_matrices(artifacts(members), artifacts(base)):
                 change = paired_change(by_seed(members), by_seed(base))
                 lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
                 break
@@ -216,7 +262,7 @@ def gap_series(runs: list[Run]) -> list[tuple]:
     """Per group, the validation perplexity's change (%) against the learned tied run of the same seed, at
     every token count both logged: mean over the shared seeds, with a min-max band when there are several."""
     grouped = groups(runs)
-    base = next((m for m in grouped.values() if all(r.config.embed == "learned" for r in m)), None)
+    base = _baseline(list(grouped.values()))
     if base is None:
         return []
     base_curves = {r.config.seed: _curve(r, "valid_ppl") for r in base}
@@ -229,8 +275,8 @@ def gap_series(runs: list[Run]) -> list[tuple]:
             mine, theirs = _curve(run, "valid_ppl"), base_curves.get(run.config.seed, {})
             gaps.append({t: 100 * (mine[t] / theirs[t] - 1) for t in mine.keys() & theirs.keys()})
         gaps = [g for g in gaps if g]
-        if gaps:
-            tokens, mean, low, high = _band(gaps)
+        tokens, mean, low, high = _band(gaps) if gaps else ([], [], [], [])
+        if tokens:  # seeds evaluated at different token counts (variable BPTT) may share none
             several = len(gaps) > 1
             label = f"{name} (mean of {len(gaps)} seeds, band: min-max)" if several else name
             result.append((label, tokens, mean, low, high) if several else (label, tokens, mean))
@@ -315,6 +361,15 @@ def setting_differences(runs: list[Run]) -> dict[str, list[tuple[str, object]]]:
     return differ
 
 
+def _values(values: list[tuple[str, object]]) -> str:
+    """``small 24, wide 32``; runs sharing a value are counted past the first two (a recipe has many runs)."""
+    by_value: dict[str, list[str]] = {}
+    for name, value in values:
+        by_value.setdefault(repr(value), []).append(name)
+    return ", ".join(" ".join([", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else ""),
+                               value]) for value, names in by_value.items())
+
+
 def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tuple[str, list[Path]]:
     """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths.
 
@@ -323,8 +378,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
     """
     runs = [load_run(d) for d in run_dirs]
     differ = setting_differences(runs)
-    described = "; ".join(f"{key}: " + ", ".join(f"{name} {value!r}" for name, value in values)
-                          for key, values in differ.items())
+    described = "; ".join(f"{key}: {_values(values)}" for key, values in differ.items())
     if differ and not mixed:
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
@@ -335,7 +389,6 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
     if differ:
         table += f"\nWarning: these runs differ in more than the matrix and the seeds: {described}.\n"
     out_dir = Path(out_dir)
-    atomic.write_text(out_dir / TABLE, table)
 
     def series(key: str, runs_: list[Run]):
         """One curve per run; a group of seeds is one mean curve with a min-max band."""
@@ -362,4 +415,5 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
     if gaps:
         plots.append(_plot(out_dir / GAP_PLOT, "Validation perplexity against the learned tied run (same seed)",
                            "change in valid perplexity (%)", gaps, "gap"))
+    atomic.write_text(out_dir / TABLE, table)  # last: a failed plot leaves the previous table with its plots
     return table, plots

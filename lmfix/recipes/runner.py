@@ -226,6 +226,8 @@ def run_recipe(
 
     out = Path(output or recipe.output)
     as_written = keep_results and not overrides
+    if as_written:
+        _check_records(recipe)
     split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
     compared = []
     for name, variant, seeded in recipe.runs():
@@ -238,7 +240,7 @@ def run_recipe(
             config, artifact_id = replace(config, embeddings=str(art.path)), art.id
         finished = (run_dir / checkpoint.SUMMARY).is_file()
         if as_written and not finished and _evaluated(record, split, batch_size):
-            _check_same_config(record, config, artifact_id)
+            _check_same_config(record, config, artifact_id, _RECORD_ADVICE)
             on_event(RecipeEvent("adopt", name, f"committed result ({record})"))
             compared.append(record)
             continue
@@ -260,7 +262,8 @@ def run_recipe(
     if as_written:  # the report covers every committed run, also those this call did not select
         missing = unfinished(recipe)
         compared = [recipe.results / name for name, _, _ in recipe.full.runs() if name not in missing]
-    table, plots = compare_runs(compared, report_dir)
+    # the recipe's own variants may differ in more than the matrix (an ablation): the table says how
+    table, plots = compare_runs(compared, report_dir, mixed=True)
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
@@ -297,7 +300,11 @@ def _evaluated(run_dir: Path, split: str, batch_size: int | None) -> bool:
     return evaluated is not None and (batch_size is None or evaluated["batch_size"] == batch_size)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | None = None) -> None:
+_RECORD_ADVICE = "revert the recipe, or move the record away to train the run again"
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | None = None,
+                       advice: str = "move it away or pass --output DIR") -> None:
     """A finished run counts for the recipe only if it was trained with exactly this config; an artifact
     found at another path (another machine's cache) counts as the same if its id (content hash) is."""
     differences = TrainConfig.load(run_dir).differences(config)
@@ -306,10 +313,27 @@ def _check_same_config(run_dir: Path, config: TrainConfig, artifact_id: str | No
         del differences["embeddings"]
     if differences:
         name, (saved, wanted) = next(iter(differences.items()))
-        raise RecipeError(
-            f"{run_dir} was trained with {name} = {saved!r}, the recipe asks for {wanted!r}: "
-            f"move it away or pass --output DIR"
-        )
+        raise RecipeError(f"{run_dir} was trained with {name} = {saved!r}, the recipe asks for {wanted!r}: {advice}")
+
+
+def _check_records(recipe: Recipe) -> None:
+    """Every committed record (also of runs not selected: the report covers them) still matches the recipe,
+    checked before anything trains. A variant's own artifact is checked by id when its run is adopted."""
+    stale = []
+    for name, variant, seeded in recipe.full.runs():
+        record = recipe.results / name
+        if not (record / checkpoint.SUMMARY).is_file():
+            continue
+        differences = TrainConfig.load(record).differences(recipe.config(variant, seeded))
+        if variant.embeddings:
+            differences.pop("embeddings", None)
+        if differences:
+            stale.append((record, *next(iter(differences.items()))))
+    if stale:
+        record, field_name, (saved, wanted) = stale[0]
+        others = f" (and {len(stale) - 1} more records)" if len(stale) > 1 else ""
+        raise RecipeError(f"the recipe changed since {record} was committed: {field_name} = {saved!r} there, "
+                          f"{wanted!r} now{others}; {_RECORD_ADVICE}")
 
 
 def _report(recipe: Recipe, table: str, plots: list[Path], out: Path, missing: list[str]) -> str:
