@@ -81,6 +81,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, like mkstemp's 0600, would hide shared caches
     except OSError as exc:
         raise _os_error(path, exc) from exc
     try:

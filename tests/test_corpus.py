@@ -1,11 +1,11 @@
-"""The corpus stage: resolution, verification, tokenization, caching and its errors."""
+"""The corpus stage: tokenization, the prepared cache and their errors (where the text comes from and its
+checksums: test_corpus_sources.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import socket
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ from lmfix.data import sources
 from lmfix.data.corpus import load, manifest_toml
 from lmfix.data.sources import resolve
 from lmfix.data.tokenizers import TokenizerConfig
-from lmfix.data.vocab import EOS, Vocab
+from lmfix.data.vocab import EOS, UNK, Vocab
 from lmfix.errors import CorpusError
+from tests.conftest import write_tiny_corpus
 
 
 def test_word_tokenization_counts_eos_per_line_including_empty(tiny_corpus_dir: Path):
@@ -30,6 +31,24 @@ def test_word_tokenization_counts_eos_per_line_including_empty(tiny_corpus_dir: 
     # Decoding the ids gives back the text, line by line.
     first = (tiny_corpus_dir / "train.txt").read_text().splitlines()[:20]
     assert [line[:-1] for line in c.lines("train")[:20]] == [line.split() for line in first]
+
+
+def test_lines_end_at_newline_only(tiny_corpus_dir: Path):
+    r"""One <eos> per "\n", as pytorch/examples reads a file; str.splitlines would also end lines at \x0c,
+    \u2028, \x85, \x1e and the like (WikiText-2 has none of them, so its counts stay)."""
+    test = tiny_corpus_dir / "test.txt"
+    test.write_text(" a b \x0c c d \n e\u2028f \n g\x85h \r\n i\x1ej \n", encoding="utf-8", newline="")
+    with open(test, encoding="utf-8") as f:
+        expected = sum(len(line.split()) + 1 for line in f)
+    c = load(str(tiny_corpus_dir))
+    assert expected == 14 and (c.stats["tokens"]["test"], c.stats["lines"]["test"]) == (expected, 4)
+    assert "lines = 4\ntokens = 14\n" in manifest_toml(resolve(str(tiny_corpus_dir))[1])
+
+
+def test_vocab_file_keeps_pieces_that_splitlines_would_break(tmp_path: Path):
+    vocab = Vocab(("<eos>", "a\x85b", "\u2028", "c\x0c"), (3, 2, 1, 0))  # sentencepiece pieces can hold these
+    vocab.save(tmp_path / "vocab.txt")
+    assert Vocab.load(tmp_path / "vocab.txt") == vocab
 
 
 def test_vocab_is_frequency_sorted_and_stable(tiny_corpus_dir: Path):
@@ -58,6 +77,28 @@ def test_second_load_reads_the_cache(tiny_corpus_dir: Path):
     assert third.stats["tokens"]["valid"] == first.stats["tokens"]["valid"] + 3
 
 
+def test_a_cache_from_an_older_tokenization_is_prepared_again(tiny_corpus_dir: Path):
+    """meta.json records the tokenizer's version: ids an older lmfix made (other lines, other types) are
+    rebuilt, not reused."""
+    meta_path = load(str(tiny_corpus_dir)).path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer"].pop("version")  # what lmfix wrote before the version was recorded
+    meta_path.write_text(json.dumps(meta))
+    assert load(str(tiny_corpus_dir)).stats["from_cache"] is False
+    assert load(str(tiny_corpus_dir)).stats["from_cache"] is True
+
+
+def test_a_prepared_corpus_is_readable_by_others(tiny_corpus_dir: Path):
+    """Caches may be shared: the prepared directory gets the umask's permissions like its files, not 0700."""
+    mask = os.umask(0o022)
+    try:
+        c = load(str(tiny_corpus_dir))
+    finally:
+        os.umask(mask)
+    assert c.path.stat().st_mode & 0o777 == 0o755
+    assert (c.path / "train.npy").stat().st_mode & 0o777 == 0o644
+
+
 def test_wikitext_file_names_and_oov_map_to_unk(tmp_path: Path):
     d = tmp_path / "wt"
     d.mkdir()
@@ -83,6 +124,25 @@ def test_sentencepiece_tokenizer(tiny_corpus_dir: Path):
     assert load(str(tiny_corpus_dir), tokenizer=tok).stats["from_cache"] is True
 
 
+def test_sentencepiece_text_outside_the_model_is_its_unknown_piece(tmp_path: Path):
+    """A character too rare to get a piece is the model's <spm-unk> in every split: it is neither a type of its
+    own (a row the model cannot produce) nor, in valid/test, WikiText's literal <unk>."""
+    import sentencepiece as spm
+
+    d = write_tiny_corpus(tmp_path / "rare", lines=400)
+    for split, rare in (("train", "ж"), ("valid", "ѣ")):
+        with open(d / f"{split}.txt", "a", encoding="utf-8") as f:
+            f.write(f" w1 {rare} w2 \n")
+    c = load(str(d), tokenizer=TokenizerConfig("spm", vocab_size=40))
+    sp = spm.SentencePieceProcessor(model_file=str(c.path / "spm.model"))
+    assert sp.piece_to_id("ж") == sp.unk_id()  # the case under test: the model has no piece for it
+    assert set(c.vocab.itos) == {sp.id_to_piece(i) for i in range(sp.get_piece_size())} | {EOS}
+    assert c.stats["oov"] == {"train": 0, "valid": 0, "test": 0}
+    unknown = c.vocab.stoi["<spm-unk>"]
+    assert c.vocab.counts[unknown] == 1 and c.vocab.counts[c.vocab.stoi[UNK]] == 0
+    assert c.ids["valid"][-5:].tolist().count(unknown) == 1
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [
@@ -104,124 +164,12 @@ def test_bad_tokenizer_settings(tiny_corpus_dir: Path):
         TokenizerConfig("chars")
     with pytest.raises(CorpusError, match="--vocab-size"):
         TokenizerConfig("spm")
+    for settings in ({"vocab_size": 8000}, {"spm_type": "bpe"}):  # ignored, they would only split the cache
+        with pytest.raises(CorpusError, match="are for --tokenizer spm"):
+            TokenizerConfig("word", **settings)
     with pytest.raises(CorpusError, match="smaller --vocab-size"):
         load(str(tiny_corpus_dir), tokenizer=TokenizerConfig("spm", vocab_size=5000))
     assert not list(Path(sources.cache_root()).rglob("vocab.txt"))
-
-
-# --------------------------------------------------------------------------- manifests and the hub
-
-
-@pytest.fixture
-def fake_manifest(tmp_path: Path, monkeypatch, tiny_corpus_dir: Path) -> Path:
-    """A manifest 'toy' whose checksums match ``tiny_corpus_dir``, in a private manifest dir."""
-    mdir = tmp_path / "manifests"
-    mdir.mkdir()
-    files = resolve(str(tiny_corpus_dir))[1]
-    header = (
-        'name = "toy"\n[hub]\nid = "someone/toy"\nconfig = "toy-v1"\ntext_field = "text"\n'
-        'splits = { train = "train", valid = "validation", test = "test" }\n\n'
-    )
-    (mdir / "toy.toml").write_text(header + manifest_toml(files))
-    monkeypatch.setattr(sources, "MANIFEST_DIR", mdir)
-    monkeypatch.delenv("LMFIX_CORPORA", raising=False)
-    return tiny_corpus_dir
-
-
-def test_known_corpus_resolution_order(fake_manifest: Path, tmp_path: Path, monkeypatch):
-    root = tmp_path / "shared"
-    shutil.copytree(fake_manifest, root / "toy")
-    monkeypatch.setenv("LMFIX_CORPORA", str(root))
-    assert resolve("toy")[1]["train"] == root / "toy" / "train.txt"
-    assert resolve("toy", data_dir=fake_manifest)[1]["train"] == fake_manifest / "train.txt"
-
-
-def test_checksum_mismatch_is_an_error_unless_no_verify(fake_manifest: Path):
-    with open(fake_manifest / "test.txt", "a") as f:
-        f.write(" w1 extra\n")
-    with pytest.raises(CorpusError, match="checksum mismatch.*--no-verify"):
-        load("toy", data_dir=fake_manifest)
-    with pytest.warns(UserWarning, match="accepted because of --no-verify"):
-        c = load("toy", data_dir=fake_manifest, verify=False)
-    assert c.stats["tokens"]["test"] > 0
-
-
-def test_a_tokenizer_that_no_longer_matches_the_manifests_counts_is_an_error(fake_manifest: Path):
-    """Verified files must tokenize to the manifest's counts (one <eos> per line): else lmfix's word
-    tokenizer drifted and perplexities would not compare with published ones."""
-    assert load("toy", data_dir=fake_manifest).stats["tokens"]["train"] > 0  # the fixture's counts agree
-    manifest = sources.MANIFEST_DIR / "toy.toml"
-    text = manifest.read_text()
-    train_tokens = int(text.split("tokens = ", 1)[1].split()[0])
-    manifest.write_text(text.replace(f"tokens = {train_tokens}", f"tokens = {train_tokens + 1}", 1))
-    with pytest.raises(CorpusError, match=rf"tokenizing gave {train_tokens:,} train tokens where its manifest "
-                                          rf"counts {train_tokens + 1:,}"):
-        load("toy", data_dir=fake_manifest, force=True)
-
-
-def _stand_in_hub(directory: Path):
-    """A local stand-in for the hub: a real DatasetDict with one record per line, hub-style.
-
-    The hub's records differ from the files in whitespace (blank lines are ''),
-    which the whitespace-normalised checksum accepts.
-    """
-    import datasets
-
-    calls = []
-
-    def load_dataset(path, name=None, **kwargs):
-        calls.append((path, name))
-        parts = {}
-        for split, hub_split in (("train", "train"), ("valid", "validation"), ("test", "test")):
-            lines = (directory / f"{split}.txt").read_text().splitlines()
-            parts[hub_split] = datasets.Dataset.from_dict({"text": [ln + "\n" if ln.strip() else "" for ln in lines]})
-        return datasets.DatasetDict(parts)
-
-    return load_dataset, calls
-
-
-def test_hub_download_into_cache(fake_manifest: Path, monkeypatch):
-    import datasets
-
-    stand_in, calls = _stand_in_hub(fake_manifest)
-    monkeypatch.setattr(datasets, "load_dataset", stand_in)
-    monkeypatch.setattr(sources, "hub_offline_reason", lambda: None)
-    c = load("toy")
-    assert calls == [("someone/toy", "toy-v1")]
-    cached = sources.cache_root() / "toy" / "train.txt"
-    assert cached.is_file()
-    expected = load(str(fake_manifest))
-    assert c.stats["tokens"] == expected.stats["tokens"]
-    assert c.vocab == expected.vocab
-    # Offline now: the cached copy is used, no second hub call.
-    assert load("toy").stats["from_cache"] is True and len(calls) == 1
-
-
-def test_offline_and_not_found_says_where_it_looked(fake_manifest: Path, monkeypatch):
-    import datasets
-
-    def offline(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'someone/toy' on the Hub (LocalEntryNotFoundError)")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    monkeypatch.setattr(sources, "hub_offline_reason", lambda: None)
-    with pytest.raises(CorpusError) as err:
-        load("toy")
-    msg = str(err.value)
-    assert "--data-dir" in msg and "LMFIX_CORPORA" in msg and "someone/toy" in msg
-    assert "\n" not in msg
-    assert not (sources.cache_root() / "toy").exists()
-
-
-def test_offline_is_detected_without_waiting_for_retries(monkeypatch):
-    def no_dns(host, port, *args, **kwargs):  # what a machine without a resolver answers, on any machine
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setenv("HF_ENDPOINT", "https://no-such-host.invalid")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sources.socket, "getaddrinfo", no_dns)
-    assert sources.hub_offline_reason() == "offline: cannot resolve no-such-host.invalid"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -240,6 +188,7 @@ def test_cli_prepare_prints_summary(tiny_corpus_dir: Path, capsys):
     [
         (["prepare", "no-such-corpus"], "not found"),
         (["prepare", "{tiny}", "--tokenizer", "chars"], "unknown tokenizer"),
+        (["prepare", "{tiny}", "--vocab-size", "8000"], "--vocab-size and --spm-type are for --tokenizer spm"),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(tiny_corpus_dir: Path, capsys, argv, message):
@@ -281,26 +230,3 @@ def test_wikitext2_counts(wikitext2_dir: Path, monkeypatch, capsys):
     meta = json.loads((c.path / "meta.json").read_text())
     assert meta["sources"]["train"]["size"] == 10_797_148
     assert hashlib.sha256((wikitext2_dir / "train.txt").read_bytes()).hexdigest().startswith("9e9fa1ad")
-
-
-
-def test_gensim_lee_smoke_corpus_is_cut_from_gensim_test_data():
-    c = load("gensim-lee")
-    assert c.stats["tokens"] == {"train": 60190, "valid": 2151, "test": 1882}
-    # lee.cor is Latin-1 in gensim; the cached split is UTF-8 with the accents intact.
-    cut = (sources.cache_root() / "gensim-lee" / "valid.txt").read_text(encoding="utf-8")
-    cut += (sources.cache_root() / "gensim-lee" / "test.txt").read_text(encoding="utf-8")
-    assert not cut.isascii()
-    assert c.vocab.unk_id is not None  # valid/test words unseen in train map to <unk>
-
-
-def test_prepared_known_corpus_loads_without_its_text(fake_manifest: Path, tmp_path: Path, monkeypatch):
-    root = tmp_path / "shared"
-    shutil.copytree(fake_manifest, root / "toy")
-    monkeypatch.setenv("LMFIX_CORPORA", str(root))
-    first = load("toy")
-    shutil.rmtree(root / "toy")
-    monkeypatch.setattr(sources, "hub_offline_reason", lambda: "offline: cannot resolve huggingface.co")
-    with pytest.warns(UserWarning, match="using the prepared cache"):
-        again = load("toy")
-    assert again.vocab == first.vocab and np.array_equal(again.ids["train"], first.ids["train"])

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,14 @@ import numpy as np
 from lmfix import __version__, atomic
 from lmfix.data.sources import (
     SPLITS,
+    CorpusNotFoundError,
     Manifest,
     cache_root,
     file_checksums,
     load_manifest,
     read_text,
     resolve,
+    split_lines,
     verify_split,
 )
 from lmfix.data.tokenizers import TokenizerConfig, make_tokenizer, train_sentencepiece
@@ -104,7 +106,7 @@ def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerCon
         text = read_text(path)
         if verify_split(split, path, text, manifest.splits[split] if manifest else None, verify):
             verified.append(split)
-        lines = text.splitlines()
+        lines = split_lines(text)
         if not any(line.strip() for line in lines):
             raise CorpusError(f"the {split} split {path} is empty; it needs at least one line of text")
         texts[split] = lines
@@ -128,6 +130,7 @@ def _encode(files: dict[str, Path], manifest: Manifest | None, tok: TokenizerCon
         stats["lines"][split] = len(tokens[split])
     stats["vocab_size"] = len(vocab)
     stats["vocab_fingerprint"] = vocab.fingerprint
+    stats["verified"] = verified
     if manifest and tok.kind == "word":
         _check_counts(manifest, stats, verified)
     return stats
@@ -160,32 +163,30 @@ def prepare(
     tok = tokenizer or TokenizerConfig()
     try:
         name, files, manifest = resolve(corpus, data_dir)
-    except CorpusError:
+    except CorpusNotFoundError as exc:
         # The text is gone but a known corpus was prepared before: its ids are enough.
         cached_dir = cache_root() / corpus / "prepared" / tok.key
-        if load_manifest(corpus) is None or force or not (cached_dir / META).is_file():
+        meta = None if force else _read_meta(cached_dir / META)
+        if meta is None:
             raise
+        problem = _unfit(meta, tok, load_manifest(corpus), verify)
+        if problem:
+            raise CorpusNotFoundError(f"{exc}; its prepared cache {cached_dir} cannot stand in: {problem}") from exc
         warnings.warn(f"source text of {corpus} not found; using the prepared cache {cached_dir}", stacklevel=2)
         prepared = _load_prepared(corpus, cached_dir, tok)
         prepared.stats["from_cache"] = True
         return prepared
     out = prepared_dir(name, files, manifest, tok)
     stamp = _source_stamp(files)
-    meta_path = out / META
-    cached = False
-    if not force and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            cached = meta.get("sources") == stamp and meta.get("tokenizer") == asdict(tok)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):  # not a dict: rebuild
-            cached = False
+    meta = None if force else _read_meta(out / META)
+    cached = meta is not None and meta.get("sources") == stamp and _unfit(meta, tok, manifest, verify) is None
     if not cached:
         t0 = time.perf_counter()
         with atomic.atomic_dir(out) as tmp:
             stats = _encode(files, manifest, tok, tmp, verify)
             meta = {
                 "name": name,
-                "tokenizer": asdict(tok),
+                "tokenizer": tok.meta,
                 "sources": stamp,
                 "stats": stats,
                 "lmfix_version": __version__,
@@ -195,6 +196,26 @@ def prepare(
     corpus_obj = _load_prepared(name, out, tok)
     corpus_obj.stats["from_cache"] = cached
     return corpus_obj
+
+
+def _read_meta(path: Path) -> dict | None:
+    """A prepared corpus's meta.json; None when it is missing or damaged (then the corpus is prepared again)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("stats"), dict) else None
+
+
+def _unfit(meta: dict, tok: TokenizerConfig, manifest: Manifest | None, verify: bool) -> str | None:
+    """Why a prepared corpus cannot serve these settings, its sources aside; None when it can."""
+    if meta.get("tokenizer") != tok.meta:
+        return "it was made with other tokenizer settings or by an older lmfix"
+    verified = meta["stats"].get("verified", [])
+    unverified = [s for s in SPLITS if manifest and manifest.splits[s].checked and s not in verified]
+    if verify and unverified:
+        return f"its {', '.join(unverified)} text was not verified (it was prepared with --no-verify)"
+    return None
 
 
 def _load_prepared(name: str, out: Path, tok: TokenizerConfig) -> Corpus:
@@ -240,7 +261,7 @@ def manifest_toml(files: dict[str, Path]) -> str:
         path = files[split]
         text = read_text(path)
         sha, tok_sha = file_checksums(text, path.read_bytes())
-        lines = text.splitlines()
+        lines = split_lines(text)
         tokens = sum(len(line.split()) + 1 for line in lines)
         blocks.append(
             f'[splits.{split}]\nfiles = ["{path.name}"]\nsha256 = "{sha}"\n'

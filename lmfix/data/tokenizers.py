@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmfix.data.vocab import EOS, UNK
@@ -17,6 +17,9 @@ from lmfix.errors import CorpusError
 TOKENIZERS = ("word", "spm")
 SPM_TYPES = ("unigram", "bpe")
 SPM_MODEL = "spm.model"
+# Bumped when the same text and settings give other tokens, so that prepared corpora made before are rebuilt,
+# not reused. 2: lines end at "\n" only; text outside the sentencepiece model is <spm-unk>, not a type of its own.
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class TokenizerConfig:
             raise CorpusError(
                 f"unknown tokenizer {self.kind!r}; choose one of {', '.join(TOKENIZERS)}"
             )
+        if self.kind == "word" and (self.vocab_size is not None or self.spm_type != "unigram"):
+            raise CorpusError("--vocab-size and --spm-type are for --tokenizer spm; drop them for word")
         if self.kind == "spm":
             if self.spm_type not in SPM_TYPES:
                 raise CorpusError(
@@ -42,6 +47,11 @@ class TokenizerConfig:
     def key(self) -> str:
         """Directory name of the prepared corpus for these settings."""
         return "word" if self.kind == "word" else f"spm-{self.spm_type}-{self.vocab_size}"
+
+    @property
+    def meta(self) -> dict:
+        """What meta.json records of the tokenizer: a prepared corpus is reused only when this matches."""
+        return {**asdict(self), "version": VERSION}
 
 
 class WordTokenizer:
@@ -62,13 +72,18 @@ class SentencePieceTokenizer:
 
         self.model_path = model_path
         self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        self.pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
 
     def tokenize(self, lines: Iterable[str]) -> list[list[str]]:
-        return [pieces + [EOS] for pieces in self.sp.encode(list(lines), out_type=str)]
+        """Pieces by id: ``out_type=str`` gives back the text of an unknown piece, which would make a rare
+        train character a type outside the model and an unseen valid/test one WikiText's ``<unk>``; by id it
+        is the model's own unknown piece, so the types are exactly the model's pieces and ``<eos>``."""
+        pieces = self.pieces
+        return [[pieces[i] for i in ids] + [EOS] for ids in self.sp.encode(list(lines))]
 
     def extra_types(self) -> list[str]:
         """Every piece of the model gets a row, even if the encoded train split never uses it."""
-        return [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+        return self.pieces
 
 
 def train_sentencepiece(cfg: TokenizerConfig, train_file: Path, out_dir: Path) -> Path:

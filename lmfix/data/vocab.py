@@ -28,9 +28,13 @@ class Vocab:
     stoi: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """ValueError for inconsistent data: the callers that read files (``load``, artifacts) turn it into
+        their own one-line error, whose advice depends on the file."""
         object.__setattr__(self, "stoi", {w: i for i, w in enumerate(self.itos)})
         if len(self.stoi) != len(self.itos):
-            raise CorpusError("vocabulary has duplicate types; delete the prepared corpus and rerun")
+            raise ValueError("vocabulary has duplicate types")
+        if len(self.counts) != len(self.itos):
+            raise ValueError(f"vocabulary has {len(self.counts):,} counts for {len(self.itos):,} types")
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -67,13 +71,15 @@ class Vocab:
         return cls(tuple(itos), tuple(counts))
 
     def save(self, path: Path) -> None:
-        """One ``type<TAB>count`` per line; types never contain whitespace."""
+        """One ``type<TAB>count`` per line, ending at "\\n" only: a sentencepiece piece may hold characters
+        that ``str.splitlines`` also breaks at (\\x85, \\u2028); no type holds "\\n"."""
         atomic.write_text(path, "".join(f"{w}\t{c}\n" for w, c in zip(self.itos, self.counts, strict=True)))
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
+            lines = text.removesuffix("\n").split("\n") if text else []
             pairs = [line.rsplit("\t", 1) for line in lines]
             return cls(tuple(w for w, _ in pairs), tuple(int(c) for _, c in pairs))
         except (OSError, ValueError, UnicodeDecodeError) as exc:
