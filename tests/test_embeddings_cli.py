@@ -75,7 +75,7 @@ def test_info_neighbors_export(artifact: Path, tiny_corpus_dir: Path, capsys):
         ("build-embeddings pmi --corpus {tmp}/nowhere", "not found"),
         ("build-embeddings pmi --corpus {corpus} -o {tmp}/a-file/x.npz", "not a writable directory"),
         ("build-embeddings pmi --corpus {corpus} -o {tmp}", "it is a directory"),
-        ("embeddings info {tmp}/truncated.npz", "not a readable embedding artifact"),
+        ("embeddings info {tmp}/truncated.npz", "is damaged or not an embedding artifact"),
         ("embeddings info {tmp}/missing.npz", "no embedding artifact at"),
         ("embeddings info {artifact} --corpus {tmp}/other", "built for another vocabulary"),
         ("embeddings neighbors {artifact} zebra", "'zebra' is not in"),

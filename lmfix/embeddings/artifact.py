@@ -26,7 +26,7 @@ import numpy as np
 from lmfix import atomic
 from lmfix.data.sources import PACKAGE_ROOT
 from lmfix.data.vocab import Vocab
-from lmfix.errors import CorpusError, LmfixError, first_line
+from lmfix.errors import LmfixError, first_line
 
 if TYPE_CHECKING:
     from lmfix.ops.hadamard import HadamardLayout
@@ -55,8 +55,8 @@ class EmbeddingArtifact:
 
     ``options`` are the method's resolved options that shape the values (defaults
     filled in); ``build`` records how it was made (lmfix version, time, seconds,
-    peak memory, runtime options such as worker threads, notes) and takes no
-    part in ``id``.
+    peak memory, BLAS threads, runtime options such as worker threads, notes)
+    and takes no part in ``id``.
     """
 
     method: str
@@ -72,10 +72,18 @@ class EmbeddingArtifact:
     from_cache: bool = False  # set by get_or_build when it reused a cached file
 
     def __post_init__(self) -> None:
+        """ValueError for values no builder gives (a damaged file or a bug); ``load_artifact`` words it for users."""
         if (self.matrix is None) == (self.hadamard is None):
             raise ValueError("an artifact holds exactly one of matrix and hadamard")
-        if self.matrix is not None and self.matrix.shape != (len(self.vocab), self.dim):
+        if self.matrix is None:
+            return
+        if self.matrix.shape != (len(self.vocab), self.dim):
             raise ValueError(f"matrix shape {self.matrix.shape} != ({len(self.vocab)}, {self.dim})")
+        if self.matrix.dtype.kind != "f" or self.matrix.dtype.itemsize != 4:  # float32 in either byte order
+            raise ValueError(f"matrix is {self.matrix.dtype}, not float32")
+        bad_rows = int((~np.isfinite(self.matrix)).any(axis=1).sum())
+        if bad_rows:
+            raise ValueError(f"matrix has NaN or infinite values in {bad_rows:,} of its rows")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,6 +184,10 @@ def load_artifact(path: str | os.PathLike, vocab: Vocab | None = None) -> Embedd
             itos = _text(z["vocab"]).split("\n")
             counts = z["counts"]
             matrix = z["matrix"] if "matrix" in z.files else None
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        if counts.ndim != 1 or counts.dtype.kind not in "iu":
+            raise ValueError(f"its counts are {counts.dtype} of shape {counts.shape}, not a list of integers")
         if header.get("format") != FORMAT:
             raise ValueError(f"not an {FORMAT} file")
         if header["format_version"] > FORMAT_VERSION:
@@ -195,9 +207,10 @@ def load_artifact(path: str | os.PathLike, vocab: Vocab | None = None) -> Embedd
         )
     except EmbeddingError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, CorpusError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise EmbeddingError(
-            f"{path} is not a readable embedding artifact ({first_line(exc)}); rebuild it with lmfix build-embeddings"
+            f"{path} is damaged or not an embedding artifact ({first_line(exc)}); "
+            "rebuild it with lmfix build-embeddings"
         ) from exc
     if art.vocab_fingerprint != header["vocab_fingerprint"] or art.id != header["id"]:
         raise EmbeddingError(f"{path} is corrupt (its content does not match its header); rebuild it")

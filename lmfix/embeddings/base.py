@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
 
 # Offsets the seeds of auxiliary random streams so they never replay a method's main stream.
 FALLBACK_STREAM = 0x5EED
+# BLAS/LAPACK threads of every build: the one count that every machine and launcher can honour.
+BUILD_BLAS_THREADS = 1
 
 
 @dataclass
@@ -50,6 +54,23 @@ def make_config(cls: type, method: str, options: dict) -> object:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise EmbeddingError(message)
+
+
+@contextmanager
+def pinned_blas_threads() -> Iterator[None]:
+    """Run numpy's and scipy's BLAS/LAPACK on ``BUILD_BLAS_THREADS`` threads, whatever the environment says.
+
+    OpenBLAS splits a product or a factorisation by its thread count, and the split
+    changes the rounding: unpinned, the same build command gives another matrix (another
+    artifact id) under torchrun (one thread per worker), another ``OMP_NUM_THREADS`` or
+    another core count, and a run that must rebuild its matrix is refused. Builders use
+    no torch operations, so torch's threads need no pin.
+    """
+    import scipy.linalg  # noqa: F401 -- loads scipy's own OpenBLAS now, so that the limit reaches it too
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=BUILD_BLAS_THREADS, user_api="blas"):
+        yield
 
 
 def _proc_bytes(path: str, key: str) -> int | None:

@@ -18,7 +18,7 @@ from lmfix import __version__
 from lmfix.data.corpus import Corpus
 from lmfix.embeddings import hadamard, orthogonal, pmi, word2vec
 from lmfix.embeddings.artifact import EmbeddingArtifact, EmbeddingError, cache_dir, canonical_json, load_artifact
-from lmfix.embeddings.base import Built, make_config, peak_rss_bytes, require
+from lmfix.embeddings.base import BUILD_BLAS_THREADS, Built, make_config, peak_rss_bytes, pinned_blas_threads, require
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
     spec, dim, seed, cfg = _settings(method, dim, seed, options)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    built = spec.builder(corpus, dim, seed, cfg)
+    with pinned_blas_threads():
+        built = spec.builder(corpus, dim, seed, cfg)
     seconds = time.perf_counter() - t0
     return EmbeddingArtifact(
         method=method, dim=dim, seed=seed, options=asdict(cfg), vocab=corpus.vocab, corpus=corpus.name,
@@ -73,6 +74,7 @@ def build(method: str, corpus: Corpus, dim: int, seed: int = 0, **options) -> Em
             "built_at": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),
             "peak_rss_bytes": peak_rss_bytes(),
+            "blas_threads": BUILD_BLAS_THREADS,
             "runtime_options": built.runtime,
             "notes": built.notes,
         },
