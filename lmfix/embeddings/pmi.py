@@ -37,12 +37,9 @@ ARPACK alone exceeds the 30 s budget; choose it with ``svd="arpack"`` when
 exactness matters more than time.
 
 Both solvers' rounding follows OpenBLAS's thread count, so every build runs
-BLAS/LAPACK on one thread (``base.pinned_blas_threads``): the same bytes under
-torchrun, any ``OMP_NUM_THREADS`` and any core count. On 2 cores shared with a
-training run a WikiText-2 build took 33.7 s pinned against 42.4 s unpinned
-(2026-12-02: the second thread only contends). On idle cores the 18 s
-two-thread build used 23.7 s of CPU, so one thread should need about that,
-inside the 30 s budget (not measured idle yet).
+BLAS/LAPACK on ``base.BUILD_BLAS_THREADS`` threads (``base.pinned_blas_threads``):
+the same bytes under torchrun, any ``OMP_NUM_THREADS`` and any core count (on one
+type of CPU: OpenBLAS picks its kernels by CPU).
 """
 
 from __future__ import annotations
