@@ -142,6 +142,7 @@ CASES = [
     (T + " --name ../escape", "--name must be a plain folder name"),
     (T + " --name not-a-run --runs-dir {ws}", "not an lmfix run"),
     (T.replace("--corpus {corpus}", "--corpus {ws}/missing") + " --name new", "not found"),
+    (T + " --vocab-size 8000 --name new", "--vocab-size and --spm-type are for --tokenizer spm"),
     ("train --resume {ws}/missing", "missing"),
     ("train --resume {ws}/not-a-run", "not a training run"),
     ("train --resume {ws}/runs/good --emsize 32", "--emsize"),

@@ -103,7 +103,7 @@ def test_precision_pairs_each_bf16_group_with_the_same_variant_in_fp32(tiny_corp
     rows = [line for line in table.splitlines() if line.startswith("| ") and "group" not in line]
     # pmi: +1% and -1% paired by seed: mean 0.0 over 2 seeds
     assert rows[0].startswith("| pmi-bf16 | pmi | +0.0% [") and rows[0].endswith("(2 seeds) |")
-    assert rows[1] == "| learned-bf16 | learned | — |"
+    assert rows[1] == "| learned-bf16 | — | — (no fp32 run of the same variant, seed and matrix) |"
     assert variant(runs[3]) == "pmi bf16" and variant(runs[0]) == "pmi"
     assert precision_table(runs[:3]) is None  # no other precision: no table
 
@@ -123,6 +123,24 @@ def test_precision_pairs_on_the_same_matrix_not_only_the_same_settings(tiny_corp
             synthetic(tiny_corpus_dir, "hadamard-truncated-bf16-seed1", "hadamard", 1, 303.0, "bf16", "truncated1")]
     # same settings as plain hadamard (the layout lives in the artifact): paired with its own layout, +1%
     assert "| hadamard-truncated-bf16 | hadamard-truncated | +1.0% (1 seed) |" in precision_table(runs)
+    # a seed no fp32 run has is paired with nothing, not with the first group of the same settings
+    other_seed = [*runs[:2], synthetic(tiny_corpus_dir, "hadamard-truncated-bf16-seed2", "hadamard", 2, 303.0, "bf16",
+                                       "truncated2")]
+    assert "| hadamard-truncated-bf16 | — | — (no fp32 run" in precision_table(other_seed)
+    # a seed whose matrix differs (built elsewhere) is left out of the pairing, the others stay
+    word2vec = [synthetic(tiny_corpus_dir, f"word2vec{p}-seed{s}", "word2vec", s, ppl, p.strip("-") or "fp32", m)
+                for p, s, ppl, m in [("", 1, 100.0, "a"), ("", 2, 100.0, "b"), ("-bf16", 1, 102.0, "a"),
+                                     ("-bf16", 2, 150.0, "B")]]
+    assert "| word2vec-bf16 | word2vec | +2.0% (1 seed) |" in precision_table(word2vec)
+
+
+def test_runs_of_one_name_in_two_folders_are_two_groups(tiny_corpus_dir: Path):
+    from lmfix.analysis.compare import groups, seeds_table
+
+    runs = [synthetic(tiny_corpus_dir, "learned", "learned", 1, 100.0), synthetic(tiny_corpus_dir, "learned",
+                                                                                   "learned", 1, 110.0)]
+    runs[1] = Run(Path("/elsewhere/learned"), runs[1].config, {}, runs[1].evals, [])
+    assert list(groups(runs)) == ["learned", "elsewhere/learned"] and seeds_table(runs) is None
 
 
 def test_seeds_table_says_what_its_numbers_cover(tiny_corpus_dir: Path):

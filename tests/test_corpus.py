@@ -230,3 +230,12 @@ def test_wikitext2_counts(wikitext2_dir: Path, monkeypatch, capsys):
     meta = json.loads((c.path / "meta.json").read_text())
     assert meta["sources"]["train"]["size"] == 10_797_148
     assert hashlib.sha256((wikitext2_dir / "train.txt").read_bytes()).hexdigest().startswith("9e9fa1ad")
+
+
+def test_a_word_run_saved_with_sentencepiece_settings_still_loads(tiny_corpus_dir: Path):
+    """lmfix once ignored --vocab-size without --tokenizer spm and saved it: such a word run must resume."""
+    from lmfix.training.config import TrainConfig
+    from lmfix.training.setup import load_corpus
+
+    saved = TrainConfig(corpus=str(tiny_corpus_dir), vocab_size=8000, spm_type="bpe")
+    assert load_corpus(saved).vocab == load(str(tiny_corpus_dir)).vocab

@@ -207,6 +207,16 @@ def test_fetching_keeps_what_lmfix_did_not_write(fake_manifest: Path, monkeypatc
     assert {path: path.is_file() and path.read_text() for path in kept} == kept
 
 
+def test_a_fetch_killed_between_its_files_is_fetched_again(fake_manifest: Path, monkeypatch):
+    """Split files appear one by one: a cache with some of them is an interrupted fetch, not a user's
+    corpus missing a split, and is fetched again."""
+    shutil.copy(sources.PACKAGE_ROOT / "corpora" / "gensim-lee.toml", sources.MANIFEST_DIR)
+    dest = sources.cache_root() / "gensim-lee"
+    dest.mkdir(parents=True)
+    (dest / "valid.txt").write_text("a half-written fetch\n")
+    assert load("gensim-lee").stats["tokens"] == {"train": 60190, "valid": 2151, "test": 1882}
+
+
 # --------------------------------------------------------------------------- verification
 
 

@@ -28,10 +28,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("learned", [False, True])
-@pytest.mark.parametrize("block", [1, 7, 32])  # softmax blocks of rows (1: G's rows summed one at a time)
+# softmax blocks of rows: 1 (G's rows summed one at a time), 7, 32; None: a GPU's whole chunk at once
+@pytest.mark.parametrize("block", [1, 7, 32, None])
 def test_dense_loss_bf16_matches_float64(learned, block, monkeypatch):
     monkeypatch.setattr("lmfix.ops.dense_loss._LOW_CHUNK_ELEMENTS", 60 * 3000)  # several chunks of 50 rows
-    monkeypatch.setattr("lmfix.ops.dense_loss._CPU_SOFTMAX_ROWS", block)
+    monkeypatch.setattr("lmfix.ops.dense_loss._softmax_rows", lambda x: block)
     gen = torch.Generator().manual_seed(0)
     n, d, v = 200, 48, 3000
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)

@@ -159,7 +159,10 @@ def groups(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs by variant group (``NAME-seedN`` -> ``NAME``), in the order the groups first appear."""
     grouped: dict[str, list[Run]] = {}
     for run in runs:
-        grouped.setdefault(group_name(run.name), []).append(run)
+        name = group_name(run.name)
+        if name == run.name and name in grouped:  # no seed suffix: a run of its own (runs/a/learned, runs/b/learned)
+            name = f"{run.path.parent.name}/{run.name}"
+        grouped.setdefault(name, []).append(run)
     return grouped
 
 
@@ -225,23 +228,28 @@ def precision_table(runs: list[Run]) -> str | None:
     def key(members: list[Run]) -> TrainConfig:  # the settings a pair shares
         return replace(members[0].config, precision="fp32", seed=0, embeddings="", embed_seed=0)
 
-    def artifacts(members: list[Run]) -> dict[int, str | None]:  # the fixed matrix's id by seed (None: learned)
+    def matrices(members: list[Run]) -> dict[int, str | None]:  # the fixed matrix's id by seed (None: learned)
         return {r.config.seed: (r.summary.get("embedding") or {}).get("id") for r in members}
 
-    def same_matrices(a: dict[int, str | None], b: dict[int, str | None]) -> bool:  # hadamard vs its truncated layout
-        return all(a[seed] == b[seed] for seed in a.keys() & b.keys())
+    def paired_seeds(members: list[Run], base: list[Run]) -> set[int]:
+        """Seeds both trained on one matrix: hadamard and its truncated layout share settings, not matrices."""
+        mine, theirs = matrices(members), matrices(base)
+        return {seed for seed in mine.keys() & theirs.keys() if mine[seed] == theirs[seed]}
 
     fp32 = [(key(m), name, m) for name, m in grouped.items() if m[0].config.precision == "fp32"]
     lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
-    for name, members in grouped.items():
-        if members[0].config.precision == "fp32":
+    others = [(name, m) for name, m in grouped.items() if m[0].config.precision != "fp32"]
+    for name, members in others:
+        pairs = [(len(paired_seeds(members, base)), base_name, base) for settings, base_name, base in fp32
+                 if settings == key(members)]
+        shared, base_name, base = max(pairs, key=lambda pair: pair[0], default=(0, "", []))
+        if not shared:
+            lines.append(f"| {name} | — | — (no fp32 run of the same variant, seed and matrix) |")
             continue
-        for settings, base_name, base in fp32:
-            if settings == key(members) and same_matrices(artifacts(members), artifacts(base)):
-                change = paired_change(by_seed(members), by_seed(base))
-                lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
-                break
-    if len(lines) == 2:
+        seeds = paired_seeds(members, base)
+        change = paired_change({s: v for s, v in by_seed(members).items() if s in seeds}, by_seed(base))
+        lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
+    if not others or not fp32:
         return None
     return "\n".join(lines + ["", "The same variant and seeds in another precision: what the precision alone "
                                 "changes."]) + "\n"

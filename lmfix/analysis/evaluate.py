@@ -21,7 +21,7 @@ from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import resolve_device
-from lmfix.training.setup import build_model, load_corpus
+from lmfix.training.setup import build_model, check_vocabulary, load_corpus
 from lmfix.training.trainer import corpus_loss
 
 
@@ -36,8 +36,8 @@ def load_trained(
     corpus = load_corpus(config)
     # best.pt names its vocabulary since this check exists; older runs have it in checkpoint.pt
     trained_on = best.get("vocab_fingerprint") or _last_fingerprint(run_dir)
-    if trained_on is not None and trained_on != corpus.vocab.fingerprint:
-        raise ConfigError(f"the corpus vocabulary changed since {run_dir} was trained; restore the corpus")
+    if trained_on is not None:
+        check_vocabulary(run_dir, trained_on, corpus)
     model, _ = build_model(config, corpus, expected=best.get("embedding"))
     checkpoint.load_weights(model, best["model"], run_dir / checkpoint.BEST)
     where = resolve_device(device)

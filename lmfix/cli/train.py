@@ -47,8 +47,10 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     """TrainConfig fields the user set on the command line (so a resume can tell what changed)."""
     from dataclasses import fields
 
+    from lmfix.data.tokenizers import TokenizerConfig
     from lmfix.training.config import TrainConfig
 
+    TokenizerConfig(args.tokenizer, args.vocab_size, args.spm_type)  # --vocab-size without --tokenizer spm: an error
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in _CORPUS_FIELDS}
     given = {k: v for k, v in given.items() if v is not None}
     corpus = {"data_dir": args.data_dir or "", "tokenizer": args.tokenizer, "vocab_size": args.vocab_size or 0,

@@ -219,7 +219,12 @@ def resolve(corpus: str, data_dir: str | os.PathLike | None = None) -> tuple[str
         if path is None:
             looked.append(f"{label} (not set)")
             continue
-        files = _split_files(path, manifest)
+        try:
+            files = _split_files(path, manifest)
+        except CorpusError:  # some splits only: in the cache, a fetch that was killed between its files
+            if label != "cache" or not (manifest.gensim or manifest.hub):
+                raise
+            files = None
         if files is not None:
             return corpus, files, manifest
         looked.append(f"{label} {path} (no split files)")

@@ -115,15 +115,20 @@ def chunk_rows(tokens: int, vocab_size: int, operands: torch.dtype = torch.float
     return max(1, -(-tokens // chunks))
 
 
+def _softmax_rows(x: torch.Tensor) -> int | None:
+    """Rows per block of the bf16 softmax: cache-sized on a CPU; None on a GPU (the whole chunk at once)."""
+    return _CPU_SOFTMAX_ROWS if x.is_cpu else None
+
+
 def _low_softmax(logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None,
-                 bias_rows: torch.Tensor | None) -> torch.Tensor:
-    """``-sum log p(target)`` of the float32 softmax of bf16 ``logits`` + ``bias``, one block of rows at a time.
+                 bias_rows: torch.Tensor | None, step: int | None) -> torch.Tensor:
+    """``-sum log p(target)`` of the float32 softmax of bf16 ``logits`` + ``bias``, ``step`` rows at a time.
 
     With ``g`` (bf16, like ``logits``): ``softmax - onehot`` rounded into it, and its float32 rows added into
     ``bias_rows`` (a block's height, or one row: then summed first). -log p(target) comes from the softmax:
     exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
     """
-    step = _CPU_SOFTMAX_ROWS if logits.device.type == "cpu" else logits.shape[0]  # one block on a GPU
+    step = step or logits.shape[0]
     block = logits.new_empty((min(step, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
     total = block.new_zeros(())
     for start in range(0, logits.shape[0], step):
@@ -171,14 +176,15 @@ class _DenseCrossEntropy(torch.autograd.Function):
         g_buffer = x.new_empty((x.shape[0] if keep_g else rows) * weight.shape[0], dtype=operands) \
             if low and need_g else None
         # bf16: G's rows are added up elementwise per block (in cache), summed into the bias gradient at the end
-        bias_rows = x.new_zeros(_CPU_SOFTMAX_ROWS if x.is_cpu else 1, weight.shape[0]) if low and need_g else None
+        step = _softmax_rows(x)
+        bias_rows = x.new_zeros(step or 1, weight.shape[0]) if low and need_g else None
         for start in range(0, x.shape[0], rows):
             xc, yc = x[start : start + rows], target[start : start + rows]
             xs = xc if scale is None else xc * a
             if low:  # bf16 product; bias, softmax, loss and G in float32, G then rounded into the bf16 buffer
                 offset = start * weight.shape[0] if keep_g else 0
                 g = g_buffer[offset : offset + yc.numel() * weight.shape[0]].view(yc.numel(), -1) if need_g else None
-                total += _low_softmax(linear(xs.to(operands), forward_w), bias, yc, g, bias_rows)
+                total += _low_softmax(linear(xs.to(operands), forward_w), bias, yc, g, bias_rows, step)
                 if not need_g:
                     continue
             else:

@@ -19,8 +19,18 @@ def load_corpus(config: TrainConfig) -> Corpus:
     """The prepared corpus a run trains on (prepared first if needed)."""
     from lmfix.data.tokenizers import TokenizerConfig
 
-    tok = TokenizerConfig(config.tokenizer, config.vocab_size or None, config.spm_type)
+    # A word-level run ignores the sentencepiece fields: runs saved by an lmfix that did not refuse them still load.
+    tok = TokenizerConfig(config.tokenizer, config.vocab_size or None, config.spm_type) \
+        if config.tokenizer == "spm" else TokenizerConfig(config.tokenizer)
     return load(config.corpus, data_dir=config.data_dir or None, tokenizer=tok, verify=config.verify)
+
+
+def check_vocabulary(run_dir: Path, trained_on: str, corpus: Corpus) -> None:
+    """A run continues or is evaluated only on the vocabulary it was trained on."""
+    if trained_on != corpus.vocab.fingerprint:
+        raise ConfigError(f"the corpus vocabulary changed since {run_dir} was trained: restore the corpus (or, for "
+                          "--tokenizer spm, the lmfix that trained it: sentencepiece text outside the model is "
+                          "<spm-unk> since tokenizer version 2)")
 
 
 def load_fixed_artifact(config: TrainConfig, corpus: Corpus, expected: dict | None = None):

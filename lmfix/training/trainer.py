@@ -49,7 +49,7 @@ from lmfix.training.distributed import (
 )
 from lmfix.training.results import Callback, Event, RunResult, ppl, summary
 from lmfix.training.rundir import check_new_run_dir, claimed, set_aside, settle_previous
-from lmfix.training.setup import build_model, load_corpus
+from lmfix.training.setup import build_model, check_vocabulary, load_corpus
 
 DIVERGED_TIMES_UNIFORM, DIVERGED_MARGIN = 5.0, 25.0
 
@@ -362,8 +362,7 @@ class Trainer:
                 f"{self.run_dir} was trained in {trained} but --precision {self.cfg.precision} gives "
                 f"{self.precision} here; resume it on a machine where {trained} runs (mixing them is refused)"
             )
-        if state["vocab_fingerprint"] != self.corpus.vocab.fingerprint:
-            raise ConfigError(f"the corpus vocabulary changed since {self.run_dir} was trained; restore the corpus")
+        check_vocabulary(self.run_dir, state["vocab_fingerprint"], self.corpus)
         if state["embedding"] and state["embedding"]["id"] != self.embedding["id"]:
             raise ConfigError(
                 f"the fixed matrix changed: the run used artifact {state['embedding']['id']}, found "
