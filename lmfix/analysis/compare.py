@@ -222,7 +222,7 @@ def seeds_table(runs: list[Run]) -> str | None:
 
 def precision_table(runs: list[Run]) -> str | None:
     """Each group trained in another precision against the same variant in fp32, test perplexity paired by
-    seed; None when there is no such pair."""
+    seed; None without groups in both precisions."""
     grouped = groups(runs)
 
     def key(members: list[Run]) -> TrainConfig:  # the settings a pair shares
@@ -237,8 +237,10 @@ def precision_table(runs: list[Run]) -> str | None:
         return {seed for seed in mine.keys() & theirs.keys() if mine[seed] == theirs[seed]}
 
     fp32 = [(key(m), name, m) for name, m in grouped.items() if m[0].config.precision == "fp32"]
-    lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
     others = [(name, m) for name, m in grouped.items() if m[0].config.precision != "fp32"]
+    if not others or not fp32:
+        return None
+    lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
     for name, members in others:
         pairs = [(len(paired_seeds(members, base)), base_name, base) for settings, base_name, base in fp32
                  if settings == key(members)]
@@ -249,8 +251,6 @@ def precision_table(runs: list[Run]) -> str | None:
         seeds = paired_seeds(members, base)
         change = paired_change({s: v for s, v in by_seed(members).items() if s in seeds}, by_seed(base))
         lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
-    if not others or not fp32:
-        return None
     return "\n".join(lines + ["", "The same variant and seeds in another precision: what the precision alone "
                                 "changes."]) + "\n"
 
