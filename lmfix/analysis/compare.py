@@ -242,13 +242,12 @@ def precision_table(runs: list[Run]) -> str | None:
         return None
     lines = ["| group | against | test ppl change, paired by seed (mean, 95% CI) |", "|---|---|---|"]
     for name, members in others:
-        pairs = [(len(paired_seeds(members, base)), base_name, base) for settings, base_name, base in fp32
+        pairs = [(paired_seeds(members, base), base_name, base) for settings, base_name, base in fp32
                  if settings == key(members)]
-        shared, base_name, base = max(pairs, key=lambda pair: pair[0], default=(0, "", []))
-        if not shared:
+        seeds, base_name, base = max(pairs, key=lambda pair: len(pair[0]), default=(set(), "", []))
+        if not seeds:
             lines.append(f"| {name} | — | — (no fp32 run of the same variant, seed and matrix) |")
             continue
-        seeds = paired_seeds(members, base)
         change = paired_change({s: v for s, v in by_seed(members).items() if s in seeds}, by_seed(base))
         lines.append(f"| {name} | {base_name} | {'—' if change is None else change} |")
     return "\n".join(lines + ["", "The same variant and seeds in another precision: what the precision alone "
