@@ -191,3 +191,25 @@ def test_a_non_finite_perplexity_in_a_record_is_a_one_line_error(tiny_corpus_dir
     (run / "eval.json").write_text('{"test": {"ppl": NaN, "batch_size": 1}}')
     assert_one_line_error(main(["compare", str(run)]), capsys.readouterr().err, "eval.json holds perplexity nan",
                           "lmfix evaluate")
+
+
+def test_per_run_changes_are_against_the_learned_run_of_the_same_seed(tiny_corpus_dir: Path):
+    from lmfix.analysis.compare import markdown_table
+
+    def run(name: str, embed: str, seed: int, test_ppl: float, precision: str = "fp32") -> Run:
+        result = synthetic(tiny_corpus_dir, name, embed, seed, test_ppl, precision)
+        result.summary.update(params={"trainable": 100, "stored": 100, "total": 100}, best_valid_ppl=test_ppl,
+                              train_tokens_per_second=1.0, wall_seconds=1.0)
+        return result
+
+    runs = [run("learned-bf16-seed1", "learned", 1, 99.0, "bf16"), run("learned-seed1", "learned", 1, 100.0),
+            run("learned-seed2", "learned", 2, 200.0), run("pmi-seed1", "pmi", 1, 110.0),
+            run("pmi-seed2", "pmi", 2, 230.0), run("pmi-seed3", "pmi", 3, 120.0)]
+    table = markdown_table(runs)
+    change = {line.split("|")[1].strip(): line.split("|")[10].strip() for line in table.splitlines()[2:8]}
+    # the fp32 learned run of each seed (not learned-seed1 for all, nor the bf16 one listed first)
+    assert change == {"learned-bf16-seed1": "-1.0%", "learned-seed1": "+0.0%", "learned-seed2": "+0.0%",
+                      "pmi-seed1": "+10.0%", "pmi-seed2": "+15.0%", "pmi-seed3": "+20.0%"}
+    assert ("Changes are relative to the learned tied run of the same seed (learned-seed1, learned-seed2); "
+            "pmi-seed3: to learned-seed1.") in table
+    assert "relative to the learned tied run learned-seed1." in markdown_table(runs[:2] + runs[3:4])

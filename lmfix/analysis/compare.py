@@ -119,11 +119,13 @@ def _baseline(candidates: list[list[Run]]) -> list[Run] | None:
 
 
 def markdown_table(runs: list[Run]) -> str:
-    """One row per run; changes are relative to the first learned tied run (if any; fp32 first)."""
-    base = (_baseline([[r] for r in runs]) or [None])[0]
-    base_trainable = base.summary["params"]["trainable"] if base else None
-    base_valid = base.valid_ppl[0] if base else None
-    base_test = base.test_ppl if base else None
+    """One row per run; changes are relative to the learned tied run of the same seed (the baseline group's,
+    fp32 first), else to the baseline group's first run."""
+    base_group = _baseline(list(groups(runs).values())) or []
+    same_seed: dict[int, Run] = {}
+    for run in base_group:
+        same_seed.setdefault(run.config.seed, run)
+    used: list[str] = []  # the baselines the rows were measured against
     lines = [
         "| run | variant | trainable | stored | total | trainable vs learned | valid ppl | Δ valid | test ppl "
         "| Δ test | train tok/s | wall |",
@@ -131,6 +133,12 @@ def markdown_table(runs: list[Run]) -> str:
     ]
     estimated = False
     for run in runs:
+        base = same_seed.get(run.config.seed, base_group[0] if base_group else None)
+        if base is not None and base.name not in used:
+            used.append(base.name)
+        base_trainable = base.summary["params"]["trainable"] if base else None
+        base_valid = base.valid_ppl[0] if base else None
+        base_test = base.test_ppl if base else None
         params = run.summary["params"]
         valid, measured = run.valid_ppl
         estimated |= not measured
@@ -143,10 +151,14 @@ def markdown_table(runs: list[Run]) -> str:
         )
     notes = ["", "trainable: learned by the optimizer; stored: trainable + fixed values kept in memory/on disk; "
              "total: stored + generated (a Hadamard E is computed, never stored)."]
-    if base is None:
+    if not used:
         notes.append("No learned tied run (--embed learned) among these runs: changes are not available.")
+    elif len(used) == 1:
+        notes.append(f"Changes are relative to the learned tied run {used[0]}.")
     else:
-        notes.append(f"Changes are relative to the learned tied run {base.name}.")
+        others = [r.name for r in runs if r.config.seed not in same_seed]
+        notes.append(f"Changes are relative to the learned tied run of the same seed ({', '.join(used)})"
+                     + (f"; {', '.join(others)}: to {base_group[0].name}." if others else "."))
     if estimated:
         notes.append("* best validation perplexity during training (on the first eval_tokens tokens when set); "
                      "lmfix evaluate RUN --split valid measures the whole split.")
