@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmfix.analysis.compare import Run, compare_runs, gap_series, gap_ticks, precision_table, variant
+from lmfix.analysis.compare import Run, compare_runs, gap_series, gap_table, gap_ticks, precision_table, variant
 from lmfix.analysis.evaluate import evaluate_run
 from lmfix.cli import main
 from lmfix.training.trainer import train
@@ -81,6 +81,26 @@ def test_gap_curves_pair_each_seed_with_the_learned_run_of_that_seed(tiny_corpus
     assert np.allclose(pmi[2:], [[15.0, -5.0], [10.0, -10.0], [20.0, 0.0]])
     assert hadamard[:2] == ("hadamard", [100, 200]) and np.allclose(hadamard[2], [-50.0, 50.0]) and len(hadamard) == 3
     assert gap_series([r for r in runs if r.config.embed != "learned"]) == []  # no baseline, no gap
+    # the same numbers as a table, one value per seed, at the token counts every curve has
+    table = gap_table(runs).splitlines()
+    assert table[:4] == ["| group | seeds | 100 tok | 200 tok |", "|---|---|---|---|",
+                         "| pmi | 1, 2 | +10.0/+20.0% | -10.0/+0.0% |", "| hadamard | 2 | -50.0% | +50.0% |"]
+    assert gap_table(runs[2:]) is None
+
+
+def test_gap_table_spreads_its_columns_over_training_and_names_epochs_when_known(tiny_corpus_dir: Path):
+    def run(name: str, embed: str, seed: int, tokens: list[int], summary: dict) -> Run:
+        metrics = [{"tokens": t, "valid_ppl": 100.0 + (embed == "pmi") * t} for t in tokens]
+        return Run(Path(name), tiny_config(tiny_corpus_dir, embed=embed, seed=seed), summary, {}, metrics)
+
+    # evaluations every 10 tokens and at each epoch's end (25, 50, 75, 100): not evenly spaced
+    tokens = sorted({*range(10, 101, 10), 25, 75})
+    whole = {"stop_reason": "epochs", "epochs": 4, "tokens": 100}
+    runs = [run("learned-seed1", "learned", 1, tokens, whole), run("pmi-seed1", "pmi", 1, tokens, {})]
+    header = gap_table(runs, columns=4).splitlines()[0]
+    assert header == "| group | seeds | 10 tok (0.40 ep) | 40 tok (1.60 ep) | 70 tok (2.80 ep) | 100 tok (4.00 ep) |"
+    runs[0].summary.update(stop_reason="max_tokens", epochs=3)  # a token budget: no epoch is known for sure
+    assert gap_table(runs, columns=2).splitlines()[2] == "| pmi | 1 | +10.0% | +100.0% |"
 
 
 def test_gap_axis_turns_logarithmic_past_50_percent_with_ticks_that_cover_the_data():

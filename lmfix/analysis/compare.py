@@ -277,29 +277,65 @@ def _curve(run: Run, key: str) -> dict[int, float]:
     return {m["tokens"]: m[key] for m in run.metrics if m.get(key) is not None}
 
 
-def gap_series(runs: list[Run]) -> list[tuple]:
-    """Per group, the validation perplexity's change (%) against the learned tied run of the same seed, at
-    every token count both logged: mean over the shared seeds, with a min-max band when there are several."""
+def seed_gaps(runs: list[Run]) -> dict[str, dict[int, dict[int, float]]]:
+    """Per group but the baseline, per seed the learned tied group also ran: the validation perplexity's
+    change (%) against the learned run of that seed, {tokens: change} at every token count both logged."""
     grouped = groups(runs)
     base = _baseline(list(grouped.values()))
     if base is None:
-        return []
+        return {}
     base_curves = {r.config.seed: _curve(r, "valid_ppl") for r in base}
-    result = []
+    result = {}
     for name, members in grouped.items():
         if members is base:
             continue
-        gaps = []  # one {tokens: change} per seed shared with the baseline
+        gaps = {}
         for run in members:
             mine, theirs = _curve(run, "valid_ppl"), base_curves.get(run.config.seed, {})
-            gaps.append({t: 100 * (mine[t] / theirs[t] - 1) for t in mine.keys() & theirs.keys()})
-        gaps = [g for g in gaps if g]
-        tokens, mean, low, high = _band(gaps) if gaps else ([], [], [], [])
+            gap = {t: 100 * (mine[t] / theirs[t] - 1) for t in sorted(mine.keys() & theirs.keys())}
+            if gap:
+                gaps[run.config.seed] = gap
+        result[name] = gaps
+    return result
+
+
+def gap_series(runs: list[Run]) -> list[tuple]:
+    """The gap plot's curves (see ``seed_gaps``): per group the mean over its seeds at the token counts they
+    share, with a min-max band when there are several."""
+    result = []
+    for name, gaps in seed_gaps(runs).items():
+        tokens, mean, low, high = _band(list(gaps.values())) if gaps else ([], [], [], [])
         if tokens:  # seeds evaluated at different token counts (variable BPTT) may share none
             several = len(gaps) > 1
             label = f"{name} (mean of {len(gaps)} seeds, band: min-max)" if several else name
             result.append((label, tokens, mean, low, high) if several else (label, tokens, mean))
     return result
+
+
+def gap_table(runs: list[Run], columns: int = 6) -> str | None:
+    """The gap plot in numbers: each seed's gap (``seed_gaps``) at up to ``columns`` token counts that every
+    curve logged, spread evenly from the first to the last; None when there is nothing to show."""
+    per_group = {name: gaps for name, gaps in seed_gaps(runs).items() if gaps}
+    curves = [set(gap) for gaps in per_group.values() for gap in gaps.values()]
+    shared = sorted(set.intersection(*curves)) if curves else []
+    if not shared:
+        return None
+    if len(shared) > columns:  # the counts nearest to evenly spaced ones (evaluations need not be evenly spaced)
+        step = (shared[-1] - shared[0]) / (columns - 1)
+        shared = sorted({min(shared, key=lambda t: abs(t - shared[0] - i * step)) for i in range(columns)})
+    summary = _baseline(list(groups(runs).values()))[0].summary
+    whole = summary.get("stop_reason") == "epochs" and summary.get("epochs")  # then tokens per epoch are known
+
+    def when(tokens: int) -> str:
+        epochs = f" ({tokens * summary['epochs'] / summary['tokens']:.2f} ep)" if whole else ""
+        return f"{_count(tokens)} tok{epochs}"
+
+    lines = [f"| group | seeds | {' | '.join(when(t) for t in shared)} |", "|" + "---|" * (len(shared) + 2)]
+    for name, gaps in per_group.items():
+        cells = ["/".join(f"{gap[t]:+.1f}" for gap in gaps.values()) + "%" for t in shared]
+        lines.append(f"| {name} | {', '.join(map(str, gaps))} | {' | '.join(cells)} |")
+    return "\n".join(lines + ["", "Validation perplexity against the learned tied run of the same seed as training "
+                                "goes on (the gap plot's numbers), one value per seed (seed order as listed)."]) + "\n"
 
 
 # The gap plot is linear within +-_GAP_LINEAR % and logarithmic beyond, so a variant 5x worse (Hadamard on
@@ -402,7 +438,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
-    for extra in (seeds_table(runs), precision_table(runs)):
+    for extra in (seeds_table(runs), precision_table(runs), gap_table(runs)):
         if extra:
             table += "\n" + extra
     if differ:
