@@ -11,6 +11,7 @@ import pytest
 from lmfix.cli import main
 from lmfix.model.registry import EMBEDS
 from lmfix.recipes.runner import RECIPES_DIR, RecipeError, load_recipe, run_recipe
+from lmfix.training.config import TrainConfig
 
 PAPER_VARIANTS = ["learned", "learned-untied", "orthogonal", "word2vec", "pmi", "hadamard", "hadamard-truncated"]
 
@@ -169,7 +170,6 @@ def test_seeds_train_every_variant_once_per_seed_and_reruns_skip(tmp_path: Path,
     events = []
     result = run_recipe(recipe, output=tmp_path / "out", on_event=events.append)
     assert [d.name for d in result.run_dirs] == [name for name, _, _ in recipe.runs()]
-    from lmfix.training.config import TrainConfig
 
     saved = {d.name: TrainConfig.load(d) for d in result.run_dirs}
     assert (saved["orthogonal-seed4"].seed, saved["orthogonal-seed4"].embed_seed) == (4, 4)
@@ -211,10 +211,14 @@ def test_a_finished_run_is_adopted_when_its_artifact_sits_in_another_cache(tmp_p
     folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir,
                          {"truncated": '[train]\nembed = "hadamard"\n[embeddings]\nlayout = "truncated"\n'})
     run_recipe(load_recipe(folder), output=tmp_path / "out")
+    # the committed record names the artifact by id only: no path into this machine's cache
+    assert TrainConfig.load(folder / "results" / "truncated").embeddings == ""
+    assert TrainConfig.load(tmp_path / "out" / "truncated").embeddings.endswith(".npz")
     monkeypatch.setenv("LMFIX_CACHE", str(tmp_path / "another-machine"))  # the artifact is rebuilt elsewhere
     events = []
     run_recipe(load_recipe(folder), output=tmp_path / "out", on_event=events.append)
-    assert [e.kind for e in events] == ["skip"]
+    run_recipe(load_recipe(folder), output=tmp_path / "clone", on_event=events.append)  # the record is adopted
+    assert [e.kind for e in events] == ["skip", "adopt"]
 
 
 def test_finished_runs_are_recorded_with_the_recipe_and_adopted_elsewhere(tmp_path: Path, tiny_corpus_dir: Path):
@@ -298,3 +302,13 @@ def test_the_demo_ends_on_committed_results_labelled_as_such(tmp_path: Path, tin
     out = capsys.readouterr().out
     assert "Above: the live demo, a live run" in out and "trained earlier with `lmfix run recipes/r`, not now" in out
     assert "not finished yet**: learned-seed2" in out and "| learned-seed1 | learned |" in out
+
+
+def test_committed_records_name_no_path_of_the_machine_that_trained_them():
+    records = [p.parent for p in RECIPES_DIR.glob("*/results/*/summary.json")]
+    assert records
+    for record in records:
+        config = TrainConfig.load(record)
+        assert not any(Path(value).is_absolute() for value in (config.corpus, config.data_dir, config.embeddings)), \
+            record
+        assert "path" not in (json.loads((record / "summary.json").read_text()).get("embedding") or {}), record

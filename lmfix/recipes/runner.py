@@ -255,7 +255,7 @@ def run_recipe(
             on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
         if as_written:
-            _record(run_dir, record)
+            _record(run_dir, record, built=artifact_id is not None)
         compared.append(record if as_written else run_dir)
     report_dir = recipe.results if as_written else out
     missing = []
@@ -269,11 +269,14 @@ def run_recipe(
     return RecipeResult(report, table, plots, compared)
 
 
-def _record(run_dir: Path, record: Path) -> None:
-    """Copy a finished run's record for committing; the artifact is named by its id, not this machine's path."""
+def _record(run_dir: Path, record: Path, built: bool = False) -> None:
+    """Copy a finished run's record for committing; the artifact is named by its id, not this machine's path
+    (``built``: the recipe built it into this machine's cache, so config.toml names no file either)."""
     with atomic.atomic_dir(record) as tmp:
         for file in RECORD_FILES:
             (tmp / file).write_bytes((run_dir / file).read_bytes())
+        if built:
+            replace(TrainConfig.load(tmp), embeddings="").save(tmp)
         summary = checkpoint.read_json(tmp / checkpoint.SUMMARY)
         if summary.get("embedding"):
             summary["embedding"].pop("path", None)
