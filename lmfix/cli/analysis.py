@@ -32,7 +32,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline")
+    p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline",
+                       description="One row per run, against the learned tied run of its seed. Runs named "
+                                   "NAME-seedN form groups: mean ± std per group, the change against learned "
+                                   "paired by seed with a 95% interval, and each seed's validation gap over "
+                                   "training. Plots: validation perplexity, alpha, the gap.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
     p.add_argument("--mixed", action="store_true",
