@@ -50,6 +50,16 @@ def test_transformer_recipe_differs_only_in_the_head_or_the_precision():
     assert {name for name in configs if name.endswith("-bf16")} == {"learned-bf16", "word2vec-bf16", "pmi-bf16"}
 
 
+def test_schedule_recipe_is_the_long_recipe_checked_once_per_epoch():
+    long, ablation = load_recipe(RECIPES_DIR / "wt2-cpu-long"), load_recipe(RECIPES_DIR / "wt2-cpu-long-schedule")
+    configs = {v.name: long.config(v) for v in long.variants}
+    assert [v.name for v in ablation.variants] == ["learned", "word2vec", "pmi"] and ablation.seeds == (1,)
+    for variant in ablation.variants:
+        config = ablation.config(variant)
+        assert config.eval_interval == 0 and replace(config, eval_interval=750) == configs[variant.name]
+    assert ablation.evaluate == long.evaluate
+
+
 def test_paper_recipe_is_the_papers_model():
     recipe = load_recipe(RECIPES_DIR / "wt2-paper")
     c = recipe.config(recipe.variants[0])
