@@ -286,7 +286,8 @@ def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Pa
     assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"
 
 
-@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-bf16", 1), ("wt2-cpu-transformer", 0)])
+@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-long-schedule", 0), ("wt2-cpu-bf16", 1),
+                                               ("wt2-cpu-transformer", 0)])
 def test_the_readme_shows_the_committed_results_of_the_recipes(recipe: str, first_table: int):
     """The README's tables are the ones the committed records give, row for row (no pasted numbers): every
     table of the recipe's compare.md from ``first_table`` on (wt2-cpu-bf16: the per-run table is left out)."""
