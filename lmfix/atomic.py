@@ -39,7 +39,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     A symlink is replaced by its target; a non-regular file (device, FIFO) is yielded as it is.
     """
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
-        yield Path(path)  # /dev/stdout, a pipe (through a link or not): write through, nothing to rename
+        try:  # /dev/stdout, a pipe (through a link or not): write through, nothing to rename
+            yield Path(path)
+        except BrokenPipeError:  # the reader left (`| head`): the CLI ends quietly, as Unix tools do
+            raise
+        except OSError as exc:  # /dev/full
+            raise _os_error(Path(path), exc) from exc
         return
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
@@ -61,13 +66,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def sync(f) -> None:
+    """Flush ``f`` to disk before its rename; a device or pipe (``/dev/stdout``) has nothing to sync."""
+    f.flush()
+    if os.path.isfile(f.name):
+        os.fsync(f.fileno())
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            if os.path.isfile(tmp):  # devices and pipes have nothing to sync
-                os.fsync(f.fileno())
+            sync(f)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -21,6 +21,7 @@ from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
 from lmfix.training import checkpoint
 from lmfix.training.config import TrainConfig
+from lmfix.training.results import current
 
 # Fields runs being compared may differ in: the matrix (and its seed), the run seed, the precision (does
 # bf16 change the answer?), and where or how verbosely they ran. Any other difference means the runs answer
@@ -74,6 +75,11 @@ def load_run(path: Path) -> Run:
         if ppl is not None and not (isinstance(ppl, int | float) and math.isfinite(ppl)):
             raise CompareError(f"{path / where.split()[0]} holds perplexity {ppl!r}, not a finite number: "
                                f"evaluate it again (lmfix evaluate {path}) or leave the run out")
+    for split, evaluation in evals.items():
+        if isinstance(evaluation, dict) and not current(evaluation, summary):
+            raise CompareError(f"{path / checkpoint.EVAL} ({split}) describes step {evaluation.get('step')}, not the "
+                               f"best checkpoint the run ended with: evaluate it again (lmfix evaluate {path} "
+                               f"--split {split})")
     return Run(path, config, summary, evals, checkpoint.MetricsLog(path / checkpoint.METRICS).read())
 
 
@@ -399,15 +405,34 @@ class CompareError(LmfixError):
     """Runs that cannot be compared as they are."""
 
 
+def _measured_on(run: Run) -> dict[str, object]:
+    """What a run's numbers were measured on beyond its config: the text (vocabulary fingerprint and split
+    checksums: the same path may hold other text) and each evaluation's settings. Runs from before the
+    summary recorded the text give a fixed matrix's vocabulary fingerprint, or nothing."""
+    provenance = run.summary.get("provenance") or {}
+    vocab = provenance.get("vocab_fingerprint") or (run.summary.get("embedding") or {}).get("vocab_fingerprint")
+    values: dict[str, object] = {}
+    if vocab:
+        values["vocabulary"] = vocab[:16]
+    if provenance.get("splits"):
+        values["text"] = ", ".join(f"{split} {sha}" for split, sha in provenance["splits"].items())
+    for split, e in run.evals.items():
+        if isinstance(e, dict):
+            stride = e.get("stride") or run.config.bptt  # evaluations from before --stride: windows of bptt
+            values[f"{split} evaluation"] = f"batch {e.get('batch_size')}, stride {stride}, {e.get('tokens')} tokens"
+    return values
+
+
 def setting_differences(runs: list[Run]) -> dict[str, list[tuple[str, object]]]:
-    """{field: [(run name, value), ...]} for every setting outside ``MAY_DIFFER`` whose value is not shared."""
+    """{field: [(run name, value), ...]} for every setting outside ``MAY_DIFFER`` whose value is not shared,
+    and for what the numbers were measured on (``_measured_on``)."""
     settings = []
     for run in runs:
         values = {k: v for k, v in run.config.to_dict().items() if k not in MAY_DIFFER}
         if not run.config.fixed:
             for key in HEAD_OPTIONS:
                 values.pop(key)
-        settings.append(values)
+        settings.append(values | _measured_on(run))
     differ = {}
     for key in sorted(set().union(*settings)) if settings else []:
         values = [(r.name, v[key]) for r, v in zip(runs, settings, strict=True) if key in v]

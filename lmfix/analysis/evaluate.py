@@ -21,6 +21,7 @@ from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
 from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import resolve_device
+from lmfix.training.rundir import claimed, settled
 from lmfix.training.setup import build_model, check_vocabulary, load_corpus
 from lmfix.training.trainer import corpus_loss
 
@@ -68,6 +69,12 @@ def evaluate_run(
                           "each token's whole history across windows: drop --stride")
     if stride is not None and not 1 <= stride <= config.bptt:
         raise ConfigError(f"--stride must be between 1 and the run's bptt ({config.bptt}), got {stride}")
+    with claimed(settled(Path(run_dir))):  # no training run writes best.pt while it is read, nor eval.json
+        return _evaluate(run_dir, split, batch_size, device, precision, stride)
+
+
+def _evaluate(run_dir: Path, split: str, batch_size: int | None, device: str, precision: str | None,
+              stride: int | None) -> dict:
     model, config, corpus, best = load_trained(run_dir, device, precision)
     if batch_size is None:
         batch_size = 1 if split == "test" else config.eval_batch_size

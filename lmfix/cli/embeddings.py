@@ -21,7 +21,8 @@ def _add_build_embeddings(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=512, help="columns d (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", help="artifact file (.npz); default: the embeddings cache")
-    p.add_argument("--force", action="store_true", help="rebuild even if the cache holds this artifact")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if the cache holds this artifact; with -o, replace an existing file")
     _add_method_options(p)
     p.set_defaults(func=cmd_build_embeddings)
 
@@ -66,7 +67,7 @@ def cmd_build_embeddings(args: argparse.Namespace) -> None:
 
     get_method(args.method)  # before the corpus: a typo should not wait for it
     if args.output:
-        check_writable(args.output)
+        check_writable(args.output, force=args.force)
     corpus = corpus_from_args(args, args.corpus)
     options = _method_options(args)
     if args.output:
@@ -118,6 +119,7 @@ def _add_embeddings(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--format", choices=["word2vec"], default="word2vec", help="output format (word2vec)")
     export.add_argument("--binary", action="store_true", help="binary word2vec format (default: text)")
     export.add_argument("-o", "--output", help="output file (default: FILE with suffix .txt or .bin)")
+    export.add_argument("--force", action="store_true", help="replace the output file if it exists")
     export.set_defaults(func=cmd_embeddings_export)
 
 
@@ -150,7 +152,7 @@ def cmd_embeddings_export(args: argparse.Namespace) -> None:
     from lmfix.embeddings.diagnostics import export_word2vec
 
     out = args.output or Path(args.file).with_suffix(".bin" if args.binary else ".txt")
-    check_writable(out)
+    check_writable(out, inputs=(args.file,), force=args.force)
     art = load_artifact(args.file)
     print(f"wrote {export_word2vec(art, out, args.binary)} ({art.shape[0]:,} x {art.shape[1]}, "
           f"{'binary' if args.binary else 'text'} word2vec format)")

@@ -65,13 +65,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from lmfix.training.config import TrainConfig, resume_config
-    from lmfix.training.rundir import check_run_name
+    from lmfix.training.rundir import check_run_name, settled
     from lmfix.training.trainer import train
 
     overrides = _train_overrides(args)
     if args.resume:
         run_dir = Path(args.resume)
-        config = resume_config(run_dir, overrides)
+        config = resume_config(settled(run_dir), overrides)
     else:
         config = TrainConfig.from_dict(overrides)
         run_dir = Path(args.runs_dir) / check_run_name(config.embed if args.name is None else args.name)

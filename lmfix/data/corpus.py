@@ -76,6 +76,11 @@ class Corpus:
     def test(self):
         return self.split("test")
 
+    def checksums(self) -> dict[str, str]:
+        """sha256 (16 hex digits) of each split's token ids: runs compare only on the same text, wherever it is."""
+        return {split: hashlib.sha256(np.ascontiguousarray(self.ids[split], dtype="<i8").tobytes()).hexdigest()[:16]
+                for split in SPLITS}
+
     def lines(self, split: str = "train") -> list[list[str]]:
         """The split as token lines (each ends in ``<eos>``), e.g. for word2vec."""
         ids = self.ids[split]

@@ -147,17 +147,23 @@ class EmbeddingArtifact:
             arrays["matrix"] = np.ascontiguousarray(self.matrix, dtype=np.float32)
         with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+            atomic.sync(f)
         self.path = path
         return path
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail now, not after a long build, if ``path`` cannot be written."""
+def check_writable(path: str | os.PathLike, inputs: tuple[str | os.PathLike, ...] = (), force: bool = False) -> None:
+    """Fail now, not after a long build, if ``path`` cannot be written, is one of the command's ``inputs`` (by
+    inode, links and all), or is a file that exists (replaced only with ``force``, as gzip does)."""
     path = Path(path)
     if path.is_dir():
         raise EmbeddingError(f"cannot write {path}: it is a directory; give a file name such as {path / 'emb.npz'}")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise EmbeddingError(f"cannot write {path}: it is {source}, the input of this command; choose another "
+                                 "-o path")
+    if path.is_file() and not force:
+        raise EmbeddingError(f"{path} already exists; pass --force to replace it, or choose another -o path")
     folder = path.absolute().parent
     while not folder.exists():
         folder = folder.parent

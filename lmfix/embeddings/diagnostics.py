@@ -111,4 +111,5 @@ def export_word2vec(art: EmbeddingArtifact, path: str | os.PathLike, binary: boo
         for word, row in zip(art.vocab.itos, rows, strict=True):
             values = row.astype("<f4").tobytes() if binary else (row_format % tuple(row.tolist())).encode()
             f.write(word.encode("utf-8") + b" " + values + b"\n")
+        atomic.sync(f)
     return path

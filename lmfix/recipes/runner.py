@@ -26,6 +26,7 @@ from lmfix import atomic
 from lmfix.errors import LmfixError
 from lmfix.training import checkpoint
 from lmfix.training.config import CONFIG_FILE, TrainConfig
+from lmfix.training.results import current
 
 RECIPE_FILE = "recipe.toml"
 REPORT = "report.md"
@@ -187,7 +188,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 @dataclass
 class RecipeEvent:
-    """Progress of ``run_recipe``: ``adopt``, ``skip``, ``train``, ``resume`` or ``evaluate`` a run."""
+    """Progress of ``run_recipe``: ``adopt``, ``skip``, ``train``, ``resume`` or ``evaluate`` a run, or a
+    ``conflict`` between a committed record and the local run (the record is kept)."""
 
     kind: str
     variant: str
@@ -255,7 +257,10 @@ def run_recipe(
             on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
         if as_written:
-            _record(run_dir, record, built=artifact_id is not None)
+            differ = _record(run_dir, record, built=artifact_id is not None)
+            if differ:
+                on_event(RecipeEvent("conflict", name, f"{record} differs from {run_dir} in {', '.join(differ)}: "
+                                     "the committed record is kept and reported; move it away to record this run"))
         compared.append(record if as_written else run_dir)
     report_dir = recipe.results if as_written else out
     missing = []
@@ -269,18 +274,30 @@ def run_recipe(
     return RecipeResult(report, table, plots, compared)
 
 
-def _record(run_dir: Path, record: Path, built: bool = False) -> None:
+def _record(run_dir: Path, record: Path, built: bool = False) -> list[str]:
     """Copy a finished run's record for committing; the artifact is named by its id, not this machine's path
-    (``built``: the recipe built it into this machine's cache, so config.toml names no file either)."""
-    with atomic.atomic_dir(record) as tmp:
-        for file in RECORD_FILES:
-            (tmp / file).write_bytes((run_dir / file).read_bytes())
-        if built:
-            replace(TrainConfig.load(tmp), embeddings="").save(tmp)
-        summary = checkpoint.read_json(tmp / checkpoint.SUMMARY)
-        if summary.get("embedding"):
-            summary["embedding"].pop("path", None)
-            checkpoint.write_json(tmp / checkpoint.SUMMARY, summary)
+    (``built``: the recipe built it into this machine's cache, so config.toml names no file either).
+
+    Only the record's own files are written, each atomically; anything else in the folder (a user's notes)
+    stays. A finished record that differs is a conflict: kept as it is, and the files that differ returned.
+    """
+    files = {name: (run_dir / name).read_bytes() for name in RECORD_FILES}
+    if built:
+        files[CONFIG_FILE] = replace(TrainConfig.load(run_dir), embeddings="").to_toml().encode()
+    summary = checkpoint.read_json(run_dir / checkpoint.SUMMARY)
+    if summary.get("embedding"):
+        summary["embedding"].pop("path", None)
+        files[checkpoint.SUMMARY] = checkpoint.json_text(summary).encode()
+    if (record / checkpoint.SUMMARY).is_file():
+        differ = [name for name, data in files.items() if (record / name).is_file()
+                  and (record / name).read_bytes() != data]
+        if differ:
+            return differ
+    # the summary last: a record is finished once it has one, so a killed copy is never taken for a whole one
+    for name in sorted(files, key=lambda name: name == checkpoint.SUMMARY):
+        if not (record / name).is_file() or (record / name).read_bytes() != files[name]:
+            atomic.write_bytes(record / name, files[name])
+    return []
 
 
 def unfinished(recipe: Recipe) -> list[str]:
@@ -300,7 +317,8 @@ def _evaluated(run_dir: Path, split: str, batch_size: int | None) -> bool:
     if not (run_dir / checkpoint.SUMMARY).is_file():
         return False
     evaluated = (checkpoint.read_json(run_dir / checkpoint.EVAL) or {}).get(split)
-    return evaluated is not None and (batch_size is None or evaluated["batch_size"] == batch_size)
+    return (evaluated is not None and (batch_size is None or evaluated["batch_size"] == batch_size)
+            and current(evaluated, checkpoint.read_json(run_dir / checkpoint.SUMMARY)))
 
 
 _RECORD_ADVICE = "revert the recipe, or move the record away to train the run again"

@@ -74,8 +74,13 @@ def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
                               "it belongs to another run") from None
 
 
+def json_text(data: dict) -> str:
+    """How lmfix writes JSON files (records are compared byte for byte)."""
+    return json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n"
+
+
 def write_json(path: Path, data: dict) -> None:
-    atomic.write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
+    atomic.write_text(path, json_text(data))
 
 
 def read_json(path: Path) -> dict | None:

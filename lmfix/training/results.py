@@ -52,7 +52,14 @@ def ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> dict:
+def summary(result: RunResult, config: TrainConfig, embedding: dict | None, provenance: dict | None = None,
+            budget_changes: list[dict] | None = None) -> dict:
+    """What ``summary.json`` holds. ``provenance``: the corpus's vocabulary fingerprint and split checksums
+    (compare refuses runs of different text) and the best checkpoint's step (an evaluation of another step is
+    stale); ``budget_changes``: what each resume changed of the budget."""
+    extra = {"provenance": provenance} if provenance else {}
+    if budget_changes:
+        extra["budget_changes"] = budget_changes
     return {
         "embed": config.embed,
         "embedding": embedding,
@@ -70,4 +77,11 @@ def summary(result: RunResult, config: TrainConfig, embedding: dict | None) -> d
         "sync_bytes_per_step": result.sync_bytes_per_step,
         "world_size": result.world_size,
         "precision": result.precision,
-    }
+    } | extra
+
+
+def current(evaluation: dict, run_summary: dict) -> bool:
+    """Whether an ``eval.json`` entry describes the run's best checkpoint as it is now (a run resumed after
+    its evaluation may have a newer one); runs from before ``best_step`` was recorded are taken as they are."""
+    best = (run_summary.get("provenance") or {}).get("best_step")
+    return best is None or evaluation.get("step") in (None, best)

@@ -4,8 +4,10 @@ A run directory is claimed with a lock (``.lock``, holding the writer's PID) for
 long as a process trains into it, so two processes never interleave one run. lmfix
 only ever removes the files it writes itself (``RUN_FILES``): ``--overwrite``
 replaces a directory only if it is an lmfix run (it has ``config.toml``), and the
-old run's files are kept aside (``.previous/``) until the new run has ended or
-written its first checkpoint; a new run that fails before that gets them back.
+old run's files are kept aside (``.previous/``) until the new run has written its
+first checkpoint. Until then the old run is the run: a new run that fails, or is
+killed at any moment (even SIGKILL), gets them back when lmfix next claims the
+directory (``recover``), so ``runs/NAME`` is always the whole old run or the new one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from lmfix.training.config import CONFIG_FILE, ConfigError
 RUN_FILES = (CONFIG_FILE, checkpoint.LAST, checkpoint.BEST, checkpoint.METRICS, checkpoint.SUMMARY, checkpoint.EVAL)
 LOCK = ".lock"
 PREVIOUS = ".previous"
+# In .previous/ once every old file is in it: from then on the run files beside it are the new run's.
+SET_ASIDE = ".complete"
+# .previous/ renamed to this when the new run has won, then deleted: a kill while deleting leaves no old files
+# that a later recovery could mistake for the run.
+DROPPED = ".previous.drop"
 
 
 def check_run_name(name: str) -> str:
@@ -63,6 +70,7 @@ def claimed(run_dir: Path) -> Iterator[None]:
             os.pwrite(fd, str(os.getpid()).encode(), 0)
         except OSError as exc:  # a full disk while writing the PID
             raise _unwritable(run_dir, exc) from exc
+        recover(run_dir)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -83,22 +91,47 @@ def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def set_aside(run_dir: Path) -> None:
     """Move an overwritten run's files into ``.previous/`` (the new run starts from an empty directory)."""
+    recover(run_dir)
     keep = run_dir / PREVIOUS
-    shutil.rmtree(keep, ignore_errors=True)
     keep.mkdir()
     for name in RUN_FILES:
         if (run_dir / name).exists():
             os.replace(run_dir / name, keep / name)
+    (keep / SET_ASIDE).touch()
 
 
 def settle_previous(run_dir: Path, new_run_checkpointed: bool) -> None:
-    """Drop the old run's files once the new run has a checkpoint; otherwise put them back."""
+    """Drop the old run's files once the new run has a checkpoint; otherwise put them back.
+
+    Each step leaves a state that ``recover`` finishes the same way, so a kill inside this is harmless.
+    """
     keep = run_dir / PREVIOUS
-    if not keep.is_dir():
-        return
-    if not new_run_checkpointed:
+    if keep.is_dir() and new_run_checkpointed:
+        os.replace(keep, run_dir / DROPPED)
+    elif keep.is_dir():
+        if (keep / SET_ASIDE).exists():  # the new run's files go first, then the mark that they are the new run's
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            (keep / SET_ASIDE).unlink()
         for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
             if (keep / name).exists():
                 os.replace(keep / name, run_dir / name)
-    shutil.rmtree(keep, ignore_errors=True)
+        shutil.rmtree(keep)
+    shutil.rmtree(run_dir / DROPPED, ignore_errors=True)
+
+
+def settled(run_dir: Path) -> Path:
+    """``run_dir`` after finishing any ``--overwrite`` that was killed there (under the lock, as every claim);
+    before reading a run's config or checkpoint to resume or evaluate it."""
+    if (run_dir / PREVIOUS).is_dir() or (run_dir / DROPPED).is_dir():
+        with claimed(run_dir):
+            pass
+    return run_dir
+
+
+def recover(run_dir: Path) -> None:
+    """Finish an ``--overwrite`` that was killed (or failed to settle): the new run stays only if it wrote a
+    checkpoint, else the old run's files come back. Called whenever lmfix claims the directory."""
+    keep = run_dir / PREVIOUS
+    checkpointed = (keep / SET_ASIDE).exists() and (run_dir / checkpoint.LAST).is_file()
+    settle_previous(run_dir, checkpointed)

@@ -35,7 +35,7 @@ from lmfix.model.language_model import LanguageModel
 from lmfix.ops import gemm
 from lmfix.ops.precision import DTYPES, resolve_precision
 from lmfix.training import checkpoint
-from lmfix.training.config import ConfigError, TrainConfig, resume_config
+from lmfix.training.config import CONFIG_FILE, RESUMABLE, ConfigError, TrainConfig, resume_config
 from lmfix.training.distributed import (
     Dist,
     StopSignals,
@@ -48,7 +48,7 @@ from lmfix.training.distributed import (
     wrap_ddp,
 )
 from lmfix.training.results import Callback, Event, RunResult, ppl, summary
-from lmfix.training.rundir import check_new_run_dir, claimed, set_aside, settle_previous
+from lmfix.training.rundir import check_new_run_dir, claimed, set_aside, settle_previous, settled
 from lmfix.training.setup import build_model, check_vocabulary, load_corpus
 
 DIVERGED_TIMES_UNIFORM, DIVERGED_MARGIN = 5.0, 25.0
@@ -94,9 +94,11 @@ class Trainer:
         self.step = self.epoch = self.tokens = 0
         self.elapsed = self.train_seconds = 0.0
         self.best_loss = math.inf
+        self.best_step: int | None = None
         self.valid_loss: float | None = None
         self.history: list[float] = []
         self.last_valid_step = self.last_checkpoint_step = -1
+        self.budget_changes: list[dict] = []  # each resume that changed the budget: {step, field: [old, new]}
         self.state = None  # the body's, carried between windows (None: none yet, or a body without)
         # this session only (not saved): the metrics window, the clock
         self._window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
@@ -148,7 +150,8 @@ class Trainer:
             self._save_checkpoint()
         result = self._result(reason or "epochs")
         if self.dist.main:
-            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, summary(result, self.cfg, self.embedding))
+            checkpoint.write_json(self.run_dir / checkpoint.SUMMARY, summary(result, self.cfg, self.embedding,
+                                                                             self._provenance(), self.budget_changes))
         self._emit("end", info={"result": result})
         return result
 
@@ -271,7 +274,7 @@ class Trainer:
                 raise self._diverged(loss, math.nan, "validation")
             improved = loss < self.best_loss
             if improved:
-                self.best_loss = loss
+                self.best_loss, self.best_step = loss, self.step
                 self._save_best()
         if self.cfg.optimizer == "asgd":
             nonmono = self.cfg.nonmono
@@ -345,6 +348,7 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "tokens": self.tokens, "elapsed": self._elapsed(),
                 "train_seconds": self.train_seconds, "lr": self.lr, "best_loss": self.best_loss,
                 "valid_loss": self.valid_loss, "history": self.history, "last_valid_step": self.last_valid_step,
+                "budget_changes": self.budget_changes, "best_step": self.best_step,
             },
         })
         self._emit("checkpoint")
@@ -392,8 +396,35 @@ class Trainer:
         self.best_loss, self.valid_loss, self.history = p["best_loss"], p["valid_loss"], list(p["history"])
         self.last_valid_step = p["last_valid_step"]
         self.last_checkpoint_step = self.step
+        self.budget_changes, self.best_step = list(p.get("budget_changes", [])), p.get("best_step")
+        self._check_resumed_config(state["config"])
         if self.dist.main:
             self.metrics.truncate(self.step)
+
+    def _provenance(self) -> dict:
+        """What the summary says of the text and the best checkpoint: an evaluation of another step is stale."""
+        return {"vocab_fingerprint": self.corpus.vocab.fingerprint, "splits": self.corpus.checksums(),
+                "best_step": self.best_step}
+
+    def _check_resumed_config(self, saved: dict) -> None:
+        """The run goes on as the experiment its checkpoint was: config.toml edited by hand is refused, a changed
+        budget is kept in ``budget_changes`` (and config.toml), and a budget already spent is refused."""
+        mine = self.cfg.to_dict()
+        edited = sorted(k for k in saved.keys() & mine.keys() - RESUMABLE if saved[k] != mine[k])
+        if edited:
+            k = edited[0]
+            raise ConfigError(f"{self.run_dir / CONFIG_FILE} says {k} = {mine[k]!r} but the run was trained with "
+                              f"{saved[k]!r} (the file was edited): restore it, or start a new run")
+        budget = {k: [saved[k], mine[k]] for k in ("epochs", "max_tokens", "time_budget")
+                  if k in saved and saved[k] != mine[k]}
+        if not budget:
+            return
+        if self.epoch >= self.cfg.epochs or self._stop_reason() in ("max_tokens", "time_budget"):
+            k = next(iter(budget))
+            raise ConfigError(f"{self.run_dir} has trained {self.tokens:,} tokens ({self.epoch} epochs, "
+                              f"{self._elapsed():.0f} s) already: --{k.replace('_', '-')} {mine[k]} would train "
+                              "nothing; resume with a larger budget")
+        self.budget_changes.append({"step": self.step, **budget})
 
     # ------------------------------------------------------------------ reporting
 
@@ -482,7 +513,7 @@ def train(
     resolve_precision(config.precision, resolve_device(config.device))  # and bf16 where it cannot run
     state = None
     if resume:
-        resume_config(run_dir, config.to_dict())
+        resume_config(settled(run_dir), config.to_dict())
         if not (run_dir / checkpoint.LAST).is_file():
             raise checkpoint.CheckpointError(
                 f"nothing to resume in {run_dir}: it stopped before its first checkpoint; start it again "
@@ -497,6 +528,8 @@ def train(
             trainer = Trainer(config, run_dir, ddp, device, callback or (lambda event: None))
             if state is not None:
                 trainer.restore(state)
+                if ddp.main and trainer.budget_changes:
+                    config.save(run_dir)  # what the run really trained for, for compare to see
             elif ddp.main:
                 if overwrite:
                     set_aside(run_dir)
