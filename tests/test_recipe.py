@@ -12,6 +12,7 @@ from lmfix.cli import main
 from lmfix.model.registry import EMBEDS
 from lmfix.recipes.runner import RECIPES_DIR, RecipeError, load_recipe, run_recipe
 from lmfix.training.config import TrainConfig
+from tests.test_docs import markdown_tables
 
 PAPER_VARIANTS = ["learned", "learned-untied", "orthogonal", "word2vec", "pmi", "hadamard", "hadamard-truncated"]
 
@@ -286,18 +287,24 @@ def test_a_recipe_run_with_overrides_leaves_the_recipe_folder_alone(tmp_path: Pa
     assert sorted(p.name for p in folder.iterdir()) == before and result.report == tmp_path / "out" / "report.md"
 
 
-@pytest.mark.parametrize("recipe, first_table", [("wt2-cpu-long", 0), ("wt2-cpu-long-schedule", 0), ("wt2-cpu-bf16", 1),
-                                               ("wt2-cpu-transformer", 0)])
-def test_the_readme_shows_the_committed_results_of_the_recipes(recipe: str, first_table: int):
-    """The README's tables are the ones the committed records give, row for row (no pasted numbers): every
-    table of the recipe's compare.md from ``first_table`` on (wt2-cpu-bf16: the per-run table is left out)."""
+COMMITTED = sorted(p.parent.parent.name for p in RECIPES_DIR.glob("*/results/report.md"))
+
+
+def test_the_readme_check_covers_every_recipe_with_results():
+    assert {"wt2-cpu", "wt2-cpu-long", "wt2-cpu-long-schedule", "wt2-cpu-bf16", "wt2-cpu-transformer"} <= set(COMMITTED)
+
+
+@pytest.mark.parametrize("recipe", COMMITTED)
+def test_each_recipes_readme_shows_its_committed_results(recipe: str):
+    """A recipe's README holds every table of its compare.md (report.md before compare.md existed), each whole: the
+    tables are the ones the committed records give, row for row, never pasted numbers that drifted."""
     from lmfix.analysis.compare import TABLE
 
-    readme = (RECIPES_DIR.parent / "README.md").read_text(encoding="utf-8")
-    text = (RECIPES_DIR / recipe / "results" / TABLE).read_text(encoding="utf-8")
-    tables = [[line for line in block.splitlines() if line.startswith("| ")] for block in text.split("\n\n")]
-    rows = [row for table in [t for t in tables if t][first_table:] for row in table]
-    assert rows and all(row in readme for row in rows)
+    results = RECIPES_DIR / recipe / "results"
+    source = results / TABLE if (results / TABLE).is_file() else results / "report.md"
+    readme = (RECIPES_DIR / recipe / "README.md").read_text(encoding="utf-8")
+    tables = markdown_tables(source.read_text(encoding="utf-8"))
+    assert tables and all(table in readme for table in tables)
 
 
 def test_the_demo_ends_on_committed_results_labelled_as_such(tmp_path: Path, tiny_corpus_dir: Path, capsys):
@@ -305,6 +312,7 @@ def test_the_demo_ends_on_committed_results_labelled_as_such(tmp_path: Path, tin
 
     folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {"learned": '[train]\nembed = "learned"\n'},
                          "seeds = [1, 2]\n")
+    (folder / "README.md").write_text("# r\n")
     _print_committed(folder, "a live run")
     assert "(no committed results yet in recipes/r/results/)" in capsys.readouterr().out
     run_recipe(load_recipe(folder).select_seeds([1]), output=tmp_path / "out")
@@ -313,6 +321,7 @@ def test_the_demo_ends_on_committed_results_labelled_as_such(tmp_path: Path, tin
     out = capsys.readouterr().out
     assert "Above: the live demo, a live run" in out and "trained earlier with `lmfix run recipes/r`, not now" in out
     assert "not finished yet**: learned-seed2" in out and "| learned-seed1 | learned |" in out
+    assert out.rstrip().splitlines()[-1] == "what these results say, and how they were measured: recipes/r/README.md"
 
 
 def test_committed_records_name_no_path_of_the_machine_that_trained_them():

@@ -16,6 +16,7 @@ import warnings
 
 from lmfix import __version__
 from lmfix.cli import analysis, bench, data, embeddings, recipes, train
+from lmfix.cli.common import USAGE, HelpFormatter
 from lmfix.errors import LmfixError
 from lmfix.heap import retain_freed_memory
 
@@ -25,7 +26,9 @@ COMMAND_GROUPS = (data, embeddings, train, analysis, recipes, bench)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lmfix", description="Language models with fixed embedding/classifier matrices."
+        prog="lmfix", epilog=USAGE, formatter_class=HelpFormatter,
+        description="Language models with fixed embedding/classifier matrices.\n\n"
+                    "lmfix COMMAND --help says what the command does.",
     )
     parser.add_argument("--version", action="version", version=f"lmfix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

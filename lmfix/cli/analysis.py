@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import add_device_flags, positive_int
+from lmfix.cli.common import add_device_flags, command, positive_int
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="perplexity of trained runs on valid or test (writes eval.json)")
+    p = command(sub, "evaluate", "perplexity of trained runs on valid or test (writes eval.json)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="valid or test (default: test)")
     p.add_argument("--batch-size", type=positive_int,
@@ -32,11 +32,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="markdown table and plots comparing runs with the learned baseline",
-                       description="One row per run, against the learned tied run of its seed. Runs named "
-                                   "NAME-seedN form groups: mean ± std per group, the change against learned "
-                                   "paired by seed with a 95% interval, and each seed's validation gap over "
-                                   "training. Plots: validation perplexity, alpha, the gap.")
+    p = command(sub, "compare", "markdown table and plots comparing runs with the learned baseline",
+                "One row per run, against the learned tied run of its seed. Runs named NAME-seedN form groups: "
+                "mean ± std per group, the change against learned paired by seed with a 95% interval, and each "
+                "seed's validation gap over training. Plots: validation perplexity, alpha, the gap.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
     p.add_argument("--mixed", action="store_true",
@@ -56,7 +55,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="sample text from a trained run")
+    p = command(sub, "generate", "sample text from a trained run")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--words", type=positive_int, default=100, help="tokens to sample (default: 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: 1.0)")

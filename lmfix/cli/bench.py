@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmfix.cli.common import add_corpus_flags, corpus_from_args, positive_int
+from lmfix.cli.common import add_corpus_flags, command, corpus_from_args, positive_int
 from lmfix.errors import LmfixError, first_line
 
 
 def _add_bench_head(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "head", help="output layer forward+backward: dense fixed heads vs the Hadamard heads (time, memory)",
-        description="Medians of several repeats, speed-up and peak extra memory relative to the dense head "
+    p = command(
+        bench_sub, "head", "output layer forward+backward: dense vs Hadamard heads (time, memory)",
+        "Medians of several repeats, speed-up and peak extra memory relative to the dense head "
         "measured in the same run. Run it on an otherwise idle machine.",
     )
     p.add_argument("--vocab", type=positive_int, default=33278, help="V (default: WikiText-2's 33,278)")
@@ -53,9 +53,9 @@ def cmd_bench_head(args: argparse.Namespace) -> None:
 
 
 def _add_bench_train(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "train", help="training tokens/s: lmfix models vs plain PyTorch",
-        description="Defaults: WikiText-2 vocabulary, 2-layer 512/512 LSTM, batch 20, bptt 35; variants plain, "
+    p = command(
+        bench_sub, "train", "training tokens/s: lmfix models vs plain PyTorch",
+        "Defaults: WikiText-2 vocabulary, 2-layer 512/512 LSTM, batch 20, bptt 35; variants plain, "
         "learned, orthogonal, hadamard timed round-robin (5 rounds x 4 steps after 2 warm-up steps).",
     )
     p.add_argument("--corpus", help="corpus whose vocabulary and text are used")
@@ -108,9 +108,9 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
 def _add_bench_embeddings(bench_sub: argparse._SubParsersAction) -> None:
     from lmfix.bench.embeddings import TARGET_SECONDS
 
-    p = bench_sub.add_parser(
-        "embeddings", help="build time and peak memory of each embedding method",
-        description="Each build runs in a fresh process; prints medians against the budgets "
+    p = command(
+        bench_sub, "embeddings", "build time and peak memory of each embedding method",
+        "Each build runs in a fresh process; prints medians against the budgets "
         + ", ".join(f"{m} {s:g}s" for m, s in TARGET_SECONDS.items()) + " and 4 GiB peak memory.",
     )
     p.add_argument("--corpus", default="wikitext-2", help="known corpus or directory (default wikitext-2)")
@@ -164,9 +164,9 @@ def cmd_bench_embeddings(args: argparse.Namespace) -> None:
 
 
 def _add_bench_gpu(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "gpu", help="the whole GPU session in one command: environment, CUDA tests, head and training benchmarks",
-        description="Each step runs in its own time-limited process and the next one runs after a failure; "
+    p = command(
+        bench_sub, "gpu", "the GPU session in one command: environment, CUDA tests, benchmarks",
+        "Each step runs in its own time-limited process and the next one runs after a failure; "
         "everything lands in --out with a summary.md. --device cpu --quick rehearses every step on tiny sizes.",
     )
     p.add_argument("--out", required=True, help="directory for the results (created)")
@@ -199,7 +199,7 @@ def cmd_bench_gpu(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="speed and memory benchmarks on this machine")
+    p = command(sub, "bench", "speed and memory benchmarks on this machine")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for add in (_add_bench_embeddings, _add_bench_train, _add_bench_head, _add_bench_gpu):
         add(bench_sub)

@@ -1,9 +1,26 @@
-"""Flag types and flags shared by several commands."""
+"""Flag types, flags shared by several commands, and the shape of every command's --help."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+USAGE = "Examples of every command: README.md, section Usage."
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description on its own, so a command's one-line summary stays its first line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n\n".join(fill(part, width, indent) for part in text.split("\n\n"))
+
+
+def command(sub: argparse._SubParsersAction, name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with ``summary`` (also its line in the parent's list), then ``details``,
+    and ends by pointing to the README's usage."""
+    description = summary[0].upper() + summary[1:] + "." + (f"\n\n{details}" if details else "")
+    return sub.add_parser(name, help=summary, description=description, epilog=USAGE, formatter_class=HelpFormatter)
 
 
 def positive_int(text: str) -> int:

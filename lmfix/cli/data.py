@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import add_corpus_flags, corpus_from_args
+from lmfix.cli.common import add_corpus_flags, command, corpus_from_args
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="find, verify, tokenize and cache a corpus")
+    p = command(sub, "prepare", "find, verify, tokenize and cache a corpus")
     p.add_argument("corpus", help="known corpus (wikitext-2, wikitext-103, ptb) or a directory")
     add_corpus_flags(p)
     p.add_argument("--force", action="store_true", help="re-tokenize even if cached")

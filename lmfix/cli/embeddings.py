@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import add_corpus_flags, corpus_from_args, positive_int
+from lmfix.cli.common import add_corpus_flags, command, corpus_from_args, positive_int
 
 
 def _add_build_embeddings(sub: argparse._SubParsersAction) -> None:
     from lmfix.embeddings import METHODS
 
-    p = sub.add_parser(
-        "build-embeddings", help="build a fixed V x d embedding artifact aligned with a corpus vocabulary",
-        description="Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ". Without -o "
-        "the artifact goes to the embeddings cache that lmfix train reads (reused if already there).",
+    p = command(
+        sub, "build-embeddings", "build a fixed V x d embedding artifact aligned with a corpus vocabulary",
+        "Methods: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ". Without -o the artifact "
+        "goes to the embeddings cache that lmfix train reads (reused if already there).",
     )
     p.add_argument("method", help=", ".join(METHODS))
     p.add_argument("--corpus", default="wikitext-2", help="known corpus or directory (default wikitext-2)")
@@ -101,20 +101,20 @@ def _print_artifact(art, sample: int = 2000) -> None:
 
 
 def _add_embeddings(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embeddings", help="inspect and export embedding artifacts")
+    p = command(sub, "embeddings", "inspect and export embedding artifacts")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    info = actions.add_parser("info", help="shape, method, options, row norms, coherence, distinct rows")
+    info = command(actions, "info", "shape, method, options, row norms, coherence, distinct rows of an artifact")
     info.add_argument("file")
     info.add_argument("--sample", type=positive_int, default=2000, help="rows sampled for coherence")
     info.add_argument("--corpus", help="also check that the rows align with this corpus's vocabulary")
     add_corpus_flags(info)
     info.set_defaults(func=cmd_embeddings_info)
-    near = actions.add_parser("neighbors", help="nearest words by cosine")
+    near = command(actions, "neighbors", "nearest words by cosine")
     near.add_argument("file")
     near.add_argument("word")
     near.add_argument("-k", type=positive_int, default=10, help="how many (default 10)")
     near.set_defaults(func=cmd_embeddings_neighbors)
-    export = actions.add_parser("export", help="write a file gensim's KeyedVectors.load_word2vec_format reads")
+    export = command(actions, "export", "write a file gensim's KeyedVectors.load_word2vec_format reads")
     export.add_argument("file")
     export.add_argument("--format", choices=["word2vec"], default="word2vec", help="output format (word2vec)")
     export.add_argument("--binary", action="store_true", help="binary word2vec format (default: text)")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmfix.cli.common import count
+from lmfix.cli.common import command, count
 from lmfix.cli.progress import TrainProgress
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="run a recipe: corpus, embeddings, every variant's training and evaluation, report",
-        description="Finished runs are skipped, interrupted ones resumed. Run as written (no --max-tokens or "
-        "--device), each finished run's record (config, metrics, summary, evaluation; no checkpoint) is kept in "
-        "the recipe's results/ folder with the report (report.md, compare.md, plots), and records found there "
-        "are adopted instead of trained again: commit them.",
+    p = command(
+        sub, "run", "run a recipe: train and evaluate every variant, then write the report",
+        "Finished runs are skipped, interrupted ones resumed. Run as written (no --max-tokens or --device), each "
+        "finished run's record (config, metrics, summary, evaluation; no checkpoint) is kept in the recipe's "
+        "results/ folder with the report (report.md, compare.md, plots), and records found there are adopted "
+        "instead of trained again: commit them.",
     )
     p.add_argument("recipe", help="a recipe directory (recipes/wt2-cpu) or one variant file in it")
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
@@ -59,7 +59,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="a few minutes' comparison of learned vs fixed embeddings (make demo)")
+    p = command(sub, "demo", "a few minutes' comparison of learned vs fixed embeddings (make demo)",
+                "Trains learned, word2vec and hadamard for 100k WikiText-2 tokens each (without WikiText-2: the "
+                "seconds-long smoke recipe), then prints the committed results of the real-budget recipe "
+                "wt2-cpu-long and where they are explained.")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -81,7 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _print_committed(recipe_dir, live: str) -> None:
-    """The committed results of a real-budget recipe, labelled as such (the demo's live run is far shorter)."""
+    """The committed results of a real-budget recipe, labelled as such (the demo's live run is far shorter),
+    ending on the recipe's README, which says what they mean."""
     from lmfix.analysis.compare import TABLE
     from lmfix.recipes.runner import RESULTS, load_recipe, missing_line, unfinished
 
@@ -93,14 +97,16 @@ def _print_committed(recipe_dir, live: str) -> None:
           f"trained earlier with `lmfix run recipes/{recipe_dir.name}`, not now.\n{rule}")
     if not table.is_file():
         print(f"(no committed results yet in recipes/{recipe_dir.name}/{RESULTS}/)")
-        return
-    missing = unfinished(recipe)
-    if missing:
-        print(missing_line(recipe, missing))
-    print(table.read_text(encoding="utf-8").rstrip())
-    for plot in sorted(recipe.results.glob("*.png")):
-        print(f"plot:   {plot.relative_to(recipe_dir.parent.parent)}")
-    print(f"report: recipes/{recipe_dir.name}/{RESULTS}/report.md")
+    else:
+        missing = unfinished(recipe)
+        if missing:
+            print(missing_line(recipe, missing))
+        print(table.read_text(encoding="utf-8").rstrip())
+        for plot in sorted(recipe.results.glob("*.png")):
+            print(f"plot:   {plot.relative_to(recipe_dir.parent.parent)}")
+        print(f"report: recipes/{recipe_dir.name}/{RESULTS}/report.md")
+    if (recipe_dir / "README.md").is_file():
+        print(f"what these results say, and how they were measured: recipes/{recipe_dir.name}/README.md")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

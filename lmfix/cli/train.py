@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmfix.cli.common import add_corpus_flags, count, duration, positive_float
+from lmfix.cli.common import add_corpus_flags, command, count, duration, positive_float
 from lmfix.cli.progress import TrainProgress
 
 # Corpus settings come from add_corpus_flags; the other TrainConfig fields become --flags.
@@ -16,9 +16,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     from lmfix.training.config import HELP, TrainConfig
 
-    p = sub.add_parser(
-        "train", help="train a language model (LSTM, GRU or Transformer) with a learned or fixed E",
-        description="Train into RUNS_DIR/NAME (config.toml, checkpoints, metrics.jsonl). Under torchrun "
+    p = command(
+        sub, "train", "train a language model (LSTM, GRU or Transformer) with a learned or fixed E",
+        "Train into RUNS_DIR/NAME (config.toml, checkpoints, metrics.jsonl). Under torchrun "
         "(torchrun --nproc-per-node N -m lmfix train ...) it trains with DistributedDataParallel.",
     )
     p.add_argument("--name", help="run name (default: the --embed variant)")

@@ -9,12 +9,15 @@ How support is detected: on CUDA, ``torch.cuda.is_bf16_supported()``. On CPU,
 oneDNN must run bf16 kernels at all (``torch.ops.mkldnn._is_mkldnn_bf16_supported``,
 AVX-512 or newer); ``auto`` picks bf16 only where the CPU has native bf16
 instructions (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo), since without
-them bf16 is emulated and slower than float32.
+them bf16 is emulated and slower than float32 (an Ice Lake Xeon trained the learned
+512/512 model at 430 tok/s in bf16 against 1,080 in fp32); asked for there, it runs and
+warns once.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,7 +66,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "bf16" and not bf16_runs(device):
         raise LmfixError(f"--precision bf16: {device} has no bf16 kernels (a CPU needs AVX-512; a GPU "
                          "Ampere or newer); use --precision fp32 (or auto)")
+    if name == "bf16" and not bf16_native(device):
+        _warn_emulated()
     return name
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_emulated() -> None:
+    """Once per process: a run resolves its precision more than once (checks, training, evaluation)."""
+    warnings.warn("bf16 is emulated on this CPU (no avx512_bf16 or amx_bf16) and slower than fp32; "
+                  "--precision auto picks fp32 here", stacklevel=3)
 
 
 def resolve_precisions(names: Sequence[str], device: torch.device) -> tuple[str, ...]:
