@@ -5,6 +5,8 @@ through here, so an interrupted run or a full disk never leaves a half-written
 file under the final name. What already stands at the target is respected: a
 symlink is followed to the file it names (the link stays), and a device, FIFO or
 socket (``-o /dev/stdout``) is written straight through, never renamed over.
+Which names can be written at all (``name_problem``, ``path_problem``) is the file
+system's NAME_MAX, less the room the temporary names take.
 """
 
 from __future__ import annotations
@@ -114,3 +116,54 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# What a temporary name adds to the name it stands for: "." + NAME + "." + 8 random characters + ".tmp".
+_TEMP_EXTRA = len("..") + 8 + len(".tmp")
+# NAME_MAX where the file system cannot be asked (ext4, xfs, btrfs, tmpfs all have 255).
+_NAME_MAX = 255
+
+
+def _name_max(folder: Path) -> int:
+    """The file system's NAME_MAX in ``folder``, asked of it or of its nearest existing ancestor."""
+    for place in (folder, *folder.parents):
+        try:
+            return os.pathconf(place, "PC_NAME_MAX")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError):
+            break
+    return _NAME_MAX
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 40 else repr(name[:37]) + "..."
+
+
+def _too_long(name: str, folder: Path, room: int) -> str | None:
+    size = len(os.fsencode(name))
+    return f"{_shown(name)} is {size} bytes long; at most {room} fit in {folder}" if size > room else None
+
+
+def name_problem(name: str, folder: Path) -> str | None:
+    """Why ``name`` cannot be one file or folder name that lmfix writes inside ``folder`` (None: it can): it must
+    leave room for lmfix's temporary names, and hold no line break (names appear in one-line messages and in
+    tables). Names starting with '.' are lmfix's own (locks, temporaries, a replaced run's files)."""
+    if not name:
+        return "the name is empty"
+    if name.startswith("."):
+        return f"{_shown(name)} starts with '.'"
+    if "/" in name or os.sep in name:
+        return f"{_shown(name)} holds a '/'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{_shown(name)} holds a control character (a line break, a tab, a NUL)"
+    return _too_long(name, folder, _name_max(folder) - _TEMP_EXTRA)
+
+
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be on its file system (None: it can): a part longer than NAME_MAX."""
+    for place in (path, *path.parents):
+        problem = place.name and _too_long(place.name, place.parent, _name_max(place.parent))
+        if problem:
+            return problem
+    return None

@@ -39,7 +39,7 @@ def load_trained(
     trained_on = best.get("vocab_fingerprint") or _last_fingerprint(run_dir)
     if trained_on is not None:
         check_vocabulary(run_dir, trained_on, corpus)
-    model, _ = build_model(config, corpus, expected=best.get("embedding"))
+    model, _ = build_model(config, corpus, expected=best.get("embedding"), training=False)
     checkpoint.load_weights(model, best["model"], run_dir / checkpoint.BEST)
     where = resolve_device(device)
     model.to(where).set_precision(DTYPES[resolve_precision(precision or config.precision, where)])

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from lmfix.bench.memtrack import AllocationTracker
+from lmfix.embeddings.base import require_memory
 from lmfix.ops.bits import next_pow2
 from lmfix.ops.dense_loss import dense_cross_entropy
 from lmfix.ops.hadamard import LAYOUTS, HadamardLayout, make_layout
@@ -236,6 +237,9 @@ def run_head_bench(
     where = torch.device(device)
     if where.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA GPU is visible to torch here")
+    # the batch and its gradients, drawn on the host and held through every row: refused, not swapped, when too big
+    require_memory(2 * 4 * (tokens * dim + vocab), f"a batch of {tokens:,} x {dim:,} with its gradients",
+                   "lower --tokens or --dim")
     inputs = HeadBatch.random(vocab, dim, tokens, seed, where)
     results = []
     for precision in resolve_precisions(precisions, where):

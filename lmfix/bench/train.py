@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmfix.data.batching import BPTTStream, batchify
+from lmfix.data.batching import BPTTStream, batchify_split
 from lmfix.model.registry import RECURRENT
 from lmfix.model.transformer import sinusoidal
 from lmfix.ops import gemm
 from lmfix.ops.precision import resolve_precisions
 from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import Dist, resolve_device
+from lmfix.training.memory import require_model_memory
 from lmfix.training.trainer import Trainer
 
 VARIANTS = ("plain", "learned", "orthogonal", "hadamard")
@@ -102,8 +103,9 @@ def _windows(data: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torc
 
 
 def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, precision: str,
-                   device: torch.device) -> Callable[[], None]:
-    """pytorch/examples' step; in bf16 the forward and loss run under ``torch.autocast`` (plain AMP)."""
+                   device: torch.device) -> Callable[[], int]:
+    """pytorch/examples' step; in bf16 the forward and loss run under ``torch.autocast`` (plain AMP). Each step
+    returns the tokens it trained on (an epoch's last window is shorter)."""
     if base.model == "transformer":
         model = PlainTransformer(vocab_size, base.emsize, base.nhead, base.nhid, base.nlayers)
     else:
@@ -113,7 +115,7 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
     windows = _windows(data, base.bptt)
     state = {"hidden": None}
 
-    def step() -> None:
+    def step() -> int:
         x, y = next(windows)
         hidden = _repackage(state["hidden"])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -123,17 +125,25 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         optimizer.step()
+        return y.numel()
 
     return step
 
 
 def _lmfix_stepper(base: TrainConfig, embed: str, run_dir: Path, precision: str,
-                   device: torch.device) -> Callable[[], None]:
+                   device: torch.device) -> Callable[[], int]:
+    """``lmfix train``'s step (``Trainer.train_step``); each returns the tokens it trained on."""
     config = replace(base, embed=embed, precision=precision)
     trainer = Trainer(config, run_dir, Dist(), device, lambda event: None)
     trainer.state = trainer.model.init_state(config.batch_size)
     windows = _windows(trainer.stream.data, config.bptt)
-    return lambda: trainer.train_step(*next(windows))
+
+    def step() -> int:
+        x, y = next(windows)
+        trainer.train_step(x, y)
+        return y.numel()
+
+    return step
 
 
 def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda line: None) -> dict:
@@ -156,6 +166,11 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
 
     corpus = load_corpus(base)
     vocab_size = len(corpus.vocab)
+    require_model_memory(base, vocab_size, len(corpus.train))  # plain's model too, which no Trainer checks
+    data = batchify_split(corpus.train, cfg.batch_size, "train", "lower --batch-size")
+    if cfg.bptt > data.size(0) - 1:  # every window would be cut short: a step of fewer tokens than reported
+        raise ConfigError(f"--bptt {cfg.bptt} is longer than the training text of each of the {cfg.batch_size} "
+                          f"sequences ({data.size(0) - 1:,} tokens); lower --bptt or --batch-size")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp, gemm.use(backend):
         steppers = {}
@@ -164,14 +179,13 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 key = _key(name, precision)
                 progress(f"building {key}")
                 if name == "plain":
-                    data = batchify(corpus.train, cfg.batch_size)
                     steppers[key] = _plain_stepper(base, data, vocab_size, precision, device)
                 else:
                     steppers[key] = _lmfix_stepper(base, name, Path(tmp), precision, device)
         for step in steppers.values():
             for _ in range(cfg.warmup):
                 step()
-        samples: dict[str, list[float]] = {name: [] for name in steppers}
+        samples: dict[str, list[tuple[float, int]]] = {name: [] for name in steppers}  # (seconds, tokens)
         # a GPU runs ahead of Python: wait for its queue before each clock read
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         for r in range(cfg.rounds):
@@ -179,16 +193,17 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 for _ in range(cfg.steps):
                     sync()
                     start = time.perf_counter()
-                    step()
+                    tokens = step()
                     sync()
-                    samples[name].append(time.perf_counter() - start)
+                    samples[name].append((time.perf_counter() - start, tokens))
             progress(f"round {r + 1}/{cfg.rounds}: " + ", ".join(
-                f"{n} {_tok_s(cfg, s):,.0f} tok/s" for n, s in samples.items()))
+                f"{n} {_tok_s(s):,.0f} tok/s" for n, s in samples.items()))
         profiles = {name: _profile(step, cfg.profile, device) for name, step in steppers.items()} if cfg.profile else {}
     tokens = cfg.batch_size * cfg.bptt
     results = {
-        name: {"median_tok_s": _tok_s(cfg, s), "median_step_ms": 1000 * statistics.median(s),
-               "min_step_ms": 1000 * min(s), "max_step_ms": 1000 * max(s), "steps": len(s)}
+        name: {"median_tok_s": _tok_s(s), "median_step_ms": 1000 * statistics.median(t for t, _ in s),
+               "min_step_ms": 1000 * min(t for t, _ in s), "max_step_ms": 1000 * max(t for t, _ in s),
+               "steps": len(s), "tokens": sum(n for _, n in s)}
         for name, s in samples.items()
     }
     speed = {name: r["median_tok_s"] for name, r in results.items()}
@@ -209,7 +224,7 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
     }
 
 
-def _profile(step: Callable[[], None], steps: int, device: torch.device) -> dict:
+def _profile(step: Callable[[], int], steps: int, device: torch.device) -> dict:
     """Where a step's time goes: every op's self time (ms per step; device time on CUDA), most first, by
     torch.profiler, and their sum. Profiling slows ops a little: compare ops, not these totals."""
     from torch.profiler import ProfilerActivity, profile
@@ -232,5 +247,6 @@ def _key(variant: str, precision: str) -> str:
     return variant if precision == "fp32" else f"{variant} {precision}"
 
 
-def _tok_s(cfg: BenchTrainConfig, seconds: list[float]) -> float:
-    return cfg.batch_size * cfg.bptt / statistics.median(seconds)
+def _tok_s(samples: list[tuple[float, int]]) -> float:
+    """The median step's rate, of the tokens each step really trained on."""
+    return statistics.median(tokens / seconds for seconds, tokens in samples)

@@ -16,7 +16,7 @@ import warnings
 
 from lmfix import __version__
 from lmfix.cli import analysis, bench, data, embeddings, recipes, train
-from lmfix.cli.common import USAGE, HelpFormatter
+from lmfix.cli.common import USAGE, HelpFormatter, checked_path_names, checked_stdout
 from lmfix.errors import LmfixError
 from lmfix.heap import retain_freed_memory
 
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning_line
     retain_freed_memory()
     try:
-        args.func(args)
+        with checked_stdout(), checked_path_names():
+            args.func(args)
     except LmfixError as exc:
         print(f"lmfix: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lmfix.cli.common import add_device_flags, command, positive_int
+from lmfix.errors import LmfixError
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -48,8 +49,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from lmfix.analysis.compare import compare_runs
 
-    out = Path(args.out) if args.out else Path(args.runs[0]).parent / "compare"
-    table, plots = compare_runs([Path(r) for r in args.runs], out, mixed=args.mixed)
+    runs = [Path(r) for r in args.runs]
+    seen: dict[Path, Path] = {}
+    for run in runs:  # a run given twice would count twice in its group's mean and spread
+        if seen.setdefault(run.resolve(), run) is not run:
+            raise LmfixError(f"{run} is given twice (also as {seen[run.resolve()]}); name each run once")
+    out = Path(args.out) if args.out else runs[0].parent / "compare"
+    table, plots = compare_runs(runs, out, mixed=args.mixed)
     print(table)
     print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
 
@@ -66,9 +72,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmfix.analysis.generate import generate
+    from lmfix.analysis.generate import sample
 
-    print(generate(args.run, args.words, args.temperature, args.seed, args.prompt, args.device, args.precision))
+    piece = "\n"
+    for piece in sample(args.run, args.words, args.temperature, args.seed, args.prompt, args.device, args.precision):
+        print(piece, end="", flush=piece == "\n")  # as sampled, a line at a time: `| head` gets lines at once
+    if piece != "\n":
+        print()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

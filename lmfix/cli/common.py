@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from lmfix import atomic
+from lmfix.errors import LmfixError
 
 USAGE = "Examples of every command: README.md, section Usage."
 
@@ -93,3 +103,61 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"),
                    help="fp32, bf16 or auto (default: the precision the run was trained in)")
+
+
+class _CheckedStdout:
+    """sys.stdout whose failed writes raise a one-line error (``checked_stdout``); all else is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with self._checked():
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        with self._checked():
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+    @contextlib.contextmanager
+    def _checked(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:  # the reader left (`| head`): main() ends quietly
+            raise
+        except OSError as exc:
+            # what stays unwritten in the buffer goes to /dev/null at exit, instead of a second failure there
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            raise LmfixError(f"cannot write to standard output: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def checked_stdout() -> Iterator[None]:
+    """Run a command with stdout checked, as Unix tools do: a closed stdout (``>&-``) or a failed write (a full
+    disk, ``> /dev/full``) is a one-line error, never a traceback or an exit 0 with nothing written."""
+    if sys.stdout is None:  # started with stdout closed: what it prints would vanish
+        raise LmfixError("standard output is closed: nothing lmfix prints can arrive; redirect it instead "
+                         "(> FILE, or > /dev/null to discard it)")
+    stream = sys.stdout
+    sys.stdout = _CheckedStdout(stream)
+    try:
+        yield
+        sys.stdout.flush()  # a full device fails here, not silently at exit
+    finally:
+        sys.stdout = stream
+
+
+@contextlib.contextmanager
+def checked_path_names() -> Iterator[None]:
+    """A path argument with a name longer than the file system allows is a one-line error wherever lmfix first
+    touches it (pathlib's ``exists`` and ``is_file`` raise ENAMETOOLONG rather than answer False)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        path = Path(os.fsdecode(exc.filename or ""))
+        raise LmfixError(f"no such path can exist: {atomic.path_problem(path) or path}; shorten it") from exc

@@ -64,17 +64,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     import os
     from pathlib import Path
 
-    from lmfix.training.config import TrainConfig, resume_config
+    from lmfix.training.config import ConfigError, TrainConfig, resume_config
     from lmfix.training.rundir import check_run_name, settled
     from lmfix.training.trainer import train
 
     overrides = _train_overrides(args)
     if args.resume:
+        if args.name is not None:  # else the run named by --resume goes on, and --name is silently ignored
+            raise ConfigError(f"--name picks a new run's folder, and --resume {args.resume} continues that run where "
+                              "it is: drop --name (to start a copy, copy the folder, then resume the copy)")
         run_dir = Path(args.resume)
         config = resume_config(settled(run_dir), overrides)
     else:
         config = TrainConfig.from_dict(overrides)
-        run_dir = Path(args.runs_dir) / check_run_name(config.embed if args.name is None else args.name)
+        run_dir = check_run_name(config.embed if args.name is None else args.name, Path(args.runs_dir))
     progress = TrainProgress(enabled=not args.no_progress)
     try:
         result = train(config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, callback=progress)

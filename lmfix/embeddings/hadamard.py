@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from lmfix.data.corpus import Corpus
 from lmfix.embeddings.artifact import EmbeddingError
-from lmfix.embeddings.base import Built, option, require
+from lmfix.embeddings.base import Built, option, require, require_memory
 
 LAYOUT_NOTES = {
     "distinct": "distinct layout: every word gets its own row",
@@ -30,8 +30,12 @@ class HadamardConfig:
 
 
 def build(corpus: Corpus, dim: int, seed: int, cfg: HadamardConfig) -> Built:
+    from lmfix.ops.bits import next_pow2
     from lmfix.ops.hadamard import make_layout
 
+    # Measured: ~120 bytes per column (index arrays, Python integers), 16 per row of H_n (the coherence check).
+    n = next_pow2(max(len(corpus.vocab), dim))
+    require_memory(120 * dim + 16 * n, f"a hadamard layout of {dim:,} columns", "lower --dim")
     try:
         layout = make_layout(len(corpus.vocab), dim, layout=cfg.layout, seed=seed)
     except ValueError as exc:  # sizes the layout cannot serve

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmfix.data.corpus import Corpus
-from lmfix.embeddings.base import Built, option, require, unit_rows
+from lmfix.embeddings.base import Built, option, require, require_memory, unit_rows
 
 SVD_SOLVERS = ("randomized", "arpack")
 
@@ -156,6 +156,8 @@ def truncated_svd(m, k: int, solver: str, power_iters: int, seed: int) -> tuple[
 def build(corpus: Corpus, dim: int, seed: int, cfg: PMIConfig) -> Built:
     vocab_size = len(corpus.vocab)
     require(dim < vocab_size, f"pmi needs --dim < the vocabulary size ({vocab_size:,}) for a truncated SVD")
+    # float64 V x d three times at least: the SVD's basis, its singular vectors and their scaled copy
+    require_memory(3 * 8 * vocab_size * dim, f"pmi {vocab_size:,} x {dim:,}", "lower --dim")
     t0 = time.perf_counter()
     counts = cooccurrence(corpus.ids["train"], corpus.vocab.eos_id, vocab_size, cfg.window, cfg.dynamic_window)
     m = ppmi(counts, cfg.cds, cfg.shift)

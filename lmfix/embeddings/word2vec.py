@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmfix.data.corpus import Corpus
-from lmfix.embeddings.base import Built, option, require, unit_rows
+from lmfix.embeddings.base import Built, option, require, require_memory, unit_rows
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ def build(corpus: Corpus, dim: int, seed: int, cfg: Word2VecConfig) -> Built:
     from gensim.models import Word2Vec
 
     vocab = corpus.vocab
+    # float32 V x d three times: gensim's vectors and negative-sampling weights, and the matrix in vocabulary order
+    require_memory(3 * 4 * len(vocab) * dim, f"word2vec {len(vocab):,} x {dim:,}", "lower --dim")
     trained = {w: c for w, c in zip(vocab.itos, vocab.counts, strict=True) if c >= cfg.min_count}
     require(bool(trained), f"no type occurs {cfg.min_count} times in the training split; lower --min-count")
     workers = cfg.workers or available_cores()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lmfix import atomic
+from lmfix.data.corpus import SPLITS
 from lmfix.errors import LmfixError
 from lmfix.training import checkpoint
 from lmfix.training.config import CONFIG_FILE, TrainConfig
@@ -142,8 +143,50 @@ def _seeds(path: Path, seeds: object) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _variant_names(path: Path, meta: dict) -> list[str]:
+    """``[recipe] variants`` in order; without the key, every ``VARIANT.toml`` of the folder. Never none: an
+    empty list is a mistake, not "all"."""
+    names = meta.get("variants")
+    if names is None:
+        names = sorted(p.stem for p in path.glob("*.toml") if p.name != RECIPE_FILE and not p.name.startswith("."))
+    elif not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+        raise RecipeError(f"{path / RECIPE_FILE}: variants must be a list of distinct variant names, like "
+                          'variants = ["learned", "word2vec"]')
+    if not names:
+        raise RecipeError(f"{path / RECIPE_FILE}: the recipe has no variants; name them (variants = [\"learned\"]) "
+                          "or leave variants out to run every VARIANT.toml of the folder")
+    for name in names:
+        problem = atomic.name_problem(name, path)
+        if problem:
+            raise RecipeError(f"{path / RECIPE_FILE}: a variant is a VARIANT.toml beside it: {problem}")
+    return names
+
+
+def _output(path: Path, output: object) -> Path:
+    """``[recipe] output``: a folder below the current directory, so that a recipe writes nowhere else (the
+    command line's --output may go anywhere)."""
+    parts = Path(output).parts if isinstance(output, str) else ()
+    problem = next(filter(None, (atomic.name_problem(part, Path.cwd()) for part in parts)), None)
+    if problem or not parts:
+        raise RecipeError(f"{path / RECIPE_FILE}: output must be a relative folder like \"runs/{path.name}\", got "
+                          f"{output!r}{f' ({problem})' if problem else ''}; pass --output DIR to write elsewhere")
+    return Path(output)
+
+
+def _evaluation(path: Path, evaluate: dict) -> dict:
+    """``[evaluate]``, checked when the recipe loads rather than after its runs have trained."""
+    split, batch_size = evaluate.get("split", "test"), evaluate.get("batch_size", 1)
+    if split not in SPLITS or not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RecipeError(f"{path / RECIPE_FILE}: [evaluate] takes split = one of {', '.join(SPLITS)} and "
+                          f"batch_size = an integer >= 1; got split = {split!r}, batch_size = {batch_size!r}")
+    return evaluate
+
+
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Load a recipe directory, or one ``VARIANT.toml`` of it (then only that variant runs)."""
+    from lmfix.embeddings import get_method
+    from lmfix.embeddings.base import make_config
+
     path = Path(path)
     only = None
     if path.is_file() and path.name != RECIPE_FILE:
@@ -155,7 +198,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants", "seeds"},
                                      "evaluate": {"split", "batch_size"}, "train": None})
     meta = raw.get("recipe", {})
-    names = meta.get("variants") or sorted(p.stem for p in path.glob("*.toml") if p.name != RECIPE_FILE)
+    names = _variant_names(path, meta)
     variants = []
     for name in names:
         data = _read_toml(path / f"{name}.toml")
@@ -171,16 +214,22 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         name=meta.get("name", path.name),
         description=meta.get("description", ""),
         path=path,
-        output=Path(meta.get("output", f"runs/{path.name}")),
+        output=_output(path, meta.get("output", f"runs/{path.name}")),
         variants=tuple(variants),
         train=raw.get("train", {}),
-        evaluate=raw.get("evaluate", {}),
+        evaluate=_evaluation(path, raw.get("evaluate", {})),
         seeds=_seeds(path / RECIPE_FILE, meta.get("seeds", [])),
     )
     recipe = replace(recipe, loaded=recipe)
-    for variant in recipe.variants:  # fail on a bad setting before hours of training, not after
+    for name, variant, seeded in recipe.runs():  # fail on a bad setting or name before hours of training, not after
+        problem = atomic.name_problem(name, recipe.output) or atomic.name_problem(name, recipe.results)
+        if problem:
+            raise RecipeError(f"{path / RECIPE_FILE}: a run's folder is named after its variant: {problem}; rename "
+                              "the variant")
         try:
-            recipe.config(variant)
+            config = recipe.config(variant, seeded)
+            if variant.embeddings:
+                make_config(get_method(config.embed).config, config.embed, variant.embeddings)
         except LmfixError as exc:
             raise RecipeError(f"{path / f'{variant.name}.toml'}: {exc}") from exc
     return recipe.select(only)

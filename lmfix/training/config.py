@@ -22,6 +22,13 @@ OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "auto")
 DEFAULT_LR = {"sgd": 20.0, "asgd": 30.0, "adam": 1e-3, "adamw": 1e-3}
 CONFIG_FILE = "config.toml"
+# The weights and the optimizer's steps are float32 (bf16 has the same range): a setting they are multiplied by
+# beyond it makes the first step inf.
+FLOAT32_MAX = 3.4028234663852886e38
+SCALES = ("lr", "alpha", "weight_decay")
+# config.toml holds TOML integers, which are 64-bit; seeds are numpy's too, which takes none below 0.
+INT_MAX = 2**63 - 1
+SEEDS = ("seed", "embed_seed")
 # Fields a resumed run may change: how long and where it runs, how often it reports.
 RESUMABLE = frozenset({"epochs", "max_tokens", "time_budget", "device", "verify", "log_interval",
                        "checkpoint_interval"})
@@ -136,10 +143,7 @@ class TrainConfig:
     checkpoint_interval: int = 500
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        self._check_ranges()
         if self.embed not in EMBEDS:
             raise ConfigError(f"unknown --embed {self.embed!r}; choose one of {', '.join(EMBEDS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -168,6 +172,21 @@ class TrainConfig:
         if self.embeddings and self.embed not in FIXED:
             raise ConfigError(f"--embeddings FILE gives a fixed matrix; drop --embed {self.embed} (or the file)")
         self._check_body()
+
+    def _check_ranges(self) -> None:
+        """Numbers the run cannot hold or compute with fail here, before anything is read or allocated."""
+        for f in fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{flag} must be a finite number, got {value}")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+                raise ConfigError(f"{flag} {value} does not fit config.toml's 64-bit integers (at most {INT_MAX})")
+            if f.name in SCALES and abs(value) > FLOAT32_MAX:
+                raise ConfigError(f"{flag} {value:g} is beyond float32's range ({FLOAT32_MAX:.4g}), in which the "
+                                  f"model computes: its first step would be inf; pick a smaller {flag}")
+            if f.name in SEEDS and value < 0:
+                raise ConfigError(f"{flag} must be >= 0 (numpy's generators, which order the batches and build "
+                                  f"the matrices, take no negative seed), got {value}")
 
     def _check_body(self) -> None:
         """Resolve the transformer's unset settings; refuse those the body does not have."""

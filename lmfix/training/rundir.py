@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmfix import atomic
 from lmfix.errors import LmfixError
 from lmfix.training import checkpoint
 from lmfix.training.config import CONFIG_FILE, ConfigError
@@ -33,12 +34,15 @@ SET_ASIDE = ".complete"
 DROPPED = ".previous.drop"
 
 
-def check_run_name(name: str) -> str:
-    """``--name`` is one folder name inside ``--runs-dir``, never a path."""
-    if not name or name in (".", "..") or "/" in name or os.sep in name or name.startswith("."):
-        raise ConfigError(f"--name must be a plain folder name (no '/', not starting with '.'), got {name!r}; "
-                          "choose where runs go with --runs-dir")
-    return name
+def check_run_name(name: str, runs_dir: Path) -> Path:
+    """``--name`` is one folder name inside ``--runs-dir`` that the file system can hold, never a path."""
+    problem = atomic.name_problem(name, runs_dir)
+    if problem:
+        raise ConfigError(f"--name must be a plain folder name: {problem}; choose where runs go with --runs-dir")
+    problem = atomic.path_problem(runs_dir)
+    if problem:
+        raise ConfigError(f"--runs-dir cannot be a folder: {problem}; choose a shorter --runs-dir")
+    return runs_dir / name
 
 
 def is_run(run_dir: Path) -> bool:

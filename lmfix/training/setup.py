@@ -13,6 +13,7 @@ from lmfix.data.corpus import Corpus, load
 from lmfix.model.language_model import LanguageModel
 from lmfix.model.registry import make_head
 from lmfix.training.config import ConfigError, TrainConfig
+from lmfix.training.memory import require_model_memory
 
 
 def load_corpus(config: TrainConfig) -> Corpus:
@@ -56,9 +57,12 @@ def load_fixed_artifact(config: TrainConfig, corpus: Corpus, expected: dict | No
     return art
 
 
-def build_model(config: TrainConfig, corpus: Corpus, expected: dict | None = None) -> tuple[LanguageModel, dict | None]:
+def build_model(config: TrainConfig, corpus: Corpus, expected: dict | None = None,
+                training: bool = True) -> tuple[LanguageModel, dict | None]:
     """The model for ``config`` (weights freshly initialised from torch's current RNG) and, for a fixed E,
-    a reference to its artifact (for checkpoints)."""
+    a reference to its artifact (for checkpoints); refused first when it cannot fit (``training``: with its
+    gradients, optimizer state and buffers)."""
+    require_model_memory(config, len(corpus.vocab), len(corpus.train), training)
     art = load_fixed_artifact(config, corpus, expected) if config.fixed else None
     head = make_head(config.embed, len(corpus.vocab), config.emsize, art, alpha=config.alpha,
                      learn_alpha=not config.fix_alpha, normalize=config.normalize)
