@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmfix import atomic
+from lmfix.analysis.frontier import frontier_plots, time_to_target
 from lmfix.analysis.seeds import group_name, paired_change, spread
 from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
@@ -28,7 +29,7 @@ from lmfix.training.results import current
 # different questions.
 MAY_DIFFER = frozenset({"embed", "embeddings", "embed_seed", "seed", "precision", "device", "verify", "data_dir",
                         "log_interval", "checkpoint_interval"})
-HEAD_OPTIONS = ("alpha", "fix_alpha", "normalize")  # only a fixed head reads them
+HEAD_OPTIONS = ("alpha", "fix_alpha", "normalize", "head", "head_k", "head_rank", "unfreeze_at")  # a fixed E's only
 TABLE = "compare.md"
 VALID_PLOT = "valid_ppl.png"
 ALPHA_PLOT = "alpha.png"
@@ -109,7 +110,10 @@ def variant(run: Run) -> str:
     cfg = run.config
     name = cfg.embed
     if cfg.fixed:
-        extras = [x for x, on in (("fixed alpha", cfg.fix_alpha), ("no norm", not cfg.normalize)) if on]
+        head = {"top-k": f"top-{cfg.head_k}", "low-rank": f"low-rank {cfg.head_rank}",
+                "unfreeze": f"unfreeze at {cfg.unfreeze_at:g}"}.get(cfg.head, cfg.head)
+        extras = [x for x, on in ((head, cfg.head != "fixed"), ("fixed alpha", cfg.fix_alpha),
+                                  ("no norm", not cfg.normalize)) if on]
         name += f" ({', '.join(extras)})" if extras else ""
     return name if cfg.precision == "fp32" else f"{name} {cfg.precision}"
 
@@ -450,11 +454,13 @@ def _values(values: list[tuple[str, object]]) -> str:
                                value]) for value, names in by_value.items())
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tuple[str, list[Path]]:
+def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
+                 frontier: bool = False) -> tuple[str, list[Path]]:
     """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths.
 
     Runs must share every setting but the matrix, the seeds and where they ran (``MAY_DIFFER``); with
-    ``mixed`` they are compared anyway and the table says how they differ.
+    ``mixed`` they are compared anyway and the table says how they differ. ``frontier``: also the plots of
+    test perplexity per trained parameter and per second, and the time-to-target table (``frontier``).
     """
     runs = [load_run(d) for d in run_dirs]
     differ = setting_differences(runs)
@@ -463,7 +469,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
-    for extra in (seeds_table(runs), precision_table(runs), gap_table(runs)):
+    targets = time_to_target(groups(runs), _baseline(list(groups(runs).values())) or []) if frontier else None
+    for extra in (seeds_table(runs), precision_table(runs), gap_table(runs), targets):
         if extra:
             table += "\n" + extra
     if differ:
@@ -495,5 +502,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False) -> tu
     if gaps:
         plots.append(_plot(out_dir / GAP_PLOT, "Validation perplexity against the learned tied run (same seed)",
                            "change in valid perplexity (%)", gaps, "gap"))
+    if frontier:
+        plots += frontier_plots(runs, out_dir)
     atomic.write_text(out_dir / TABLE, table)  # last: a failed plot leaves the previous table with its plots
     return table, plots

@@ -41,6 +41,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
     p.add_argument("--mixed", action="store_true",
                    help="compare runs whose settings differ beyond the matrix and the seeds (the table says how)")
+    p.add_argument("--frontier", action="store_true",
+                   help="also plot test perplexity per trained parameter and per training second, and tabulate "
+                        "the tokens and time each run needed to reach the learned run's 1/2/4-epoch validation")
     p.set_defaults(func=cmd_compare)
 
 
@@ -55,7 +58,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         if seen.setdefault(run.resolve(), run) is not run:
             raise LmfixError(f"{run} is given twice (also as {seen[run.resolve()]}); name each run once")
     out = Path(args.out) if args.out else runs[0].parent / "compare"
-    table, plots = compare_runs(runs, out, mixed=args.mixed)
+    table, plots = compare_runs(runs, out, mixed=args.mixed, frontier=args.frontier)
     print(table)
     print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
 

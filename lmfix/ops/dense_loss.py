@@ -18,6 +18,12 @@ bias, log-sum-exp, softmax, loss and every returned gradient stay float32 (on a
 CPU over blocks of rows that stay in cache, so that no N x V float32 tensor exists). A
 frozen W can be passed already in bf16 (stored once, half the memory); a
 learned float32 W comes with its bf16 copy in ``packed`` (or is rounded here).
+
+Two options serve the nearly-fixed heads (``lmfix.model.nearly_fixed``) without a third full GEMM:
+``row_scale`` (a learned factor per word, ``logits = row_scale * (x W^T) + b``) and ``extra``, a
+learned matrix P (K x e) whose logits ``x2 P^T`` are added to those of the first K words (the K most
+frequent words' learned rows; a low-rank correction ``(x B) A^T``): its products are K/V of the
+dense ones, or e/d.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def dense_cross_entropy(
     packed: tuple[torch.Tensor, torch.Tensor] | None = None,
     operands: torch.dtype = torch.float32,
     tied: TiedGradient | None = None,
+    row_scale: torch.Tensor | None = None,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean or summed cross entropy of ``scale * x @ weight.T + bias`` against ``target`` (N,).
 
@@ -56,14 +64,20 @@ def dense_cross_entropy(
     for a frozen weight, or a learned weight's bf16 copy (its gradient still goes to ``weight``).
     ``operands``: dtype of the GEMM operands (float32, or bfloat16 with float32 softmax and gradients).
     ``tied``: the link from ``tied_embedding`` of the same ``weight``, so W's two gradients add in place.
+    ``row_scale``: (V,) factors of the logits before the bias (per-word scales), float32.
+    ``extra``: ``(x2, P)``, x2 (N, e) and P (K, e) with K <= V: ``x2 @ P.T`` is added to the logits of the first
+    K columns (not scaled by ``scale`` or ``row_scale``); both get their gradients.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"dense_cross_entropy: reduction {reduction!r} is not 'mean' or 'sum'")
     if operands not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dense_cross_entropy: operands must be float32 or bfloat16, got {operands}")
     norm = 1.0 / target.numel() if reduction == "mean" else 1.0
+    if extra is not None and row_scale is not None:
+        raise ValueError("dense_cross_entropy: extra logits and row_scale together are not supported")
+    x2, extra_w = extra or (None, None)
     return _DenseCrossEntropy.apply(x, scale, bias, weight, target, norm, torch.is_grad_enabled(), packed, operands,
-                                    tied)
+                                    tied, row_scale, x2, extra_w)
 
 
 class TiedGradient:
@@ -121,12 +135,15 @@ def _softmax_rows(x: torch.Tensor) -> int | None:
 
 
 def _low_softmax(logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor, g: torch.Tensor | None,
-                 bias_rows: torch.Tensor | None, step: int | None) -> torch.Tensor:
+                 bias_rows: torch.Tensor | None, step: int | None, row_scale: torch.Tensor | None = None,
+                 grad_scale_rows: torch.Tensor | None = None) -> torch.Tensor:
     """``-sum log p(target)`` of the float32 softmax of bf16 ``logits`` + ``bias``, ``step`` rows at a time.
 
     With ``g`` (bf16, like ``logits``): ``softmax - onehot`` rounded into it, and its float32 rows added into
     ``bias_rows`` (a block's height, or one row: then summed first). -log p(target) comes from the softmax:
     exact unless p underflows float32 (a logit gap over 87), where it is capped at 87.3.
+    ``row_scale`` multiplies the logits before the bias; ``grad_scale_rows`` (V,) then gathers its gradient,
+    and ``g`` holds ``(softmax - onehot) * row_scale``, the gradient of the unscaled product.
     """
     step = step or logits.shape[0]
     block = logits.new_empty((min(step, logits.shape[0]), logits.shape[1]), dtype=torch.float32)
@@ -134,7 +151,10 @@ def _low_softmax(logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
     for start in range(0, logits.shape[0], step):
         yc = target[start : start + step]
         at = torch.arange(yc.numel(), device=yc.device)
-        p = block[: yc.numel()].copy_(logits[start : start + step]).add_(bias)  # widened, then the bias added
+        p = block[: yc.numel()].copy_(logits[start : start + step])  # widened, then scaled and the bias added
+        if row_scale is not None:
+            p.mul_(row_scale)
+        p.add_(bias)
         torch.softmax(p, 1, out=p)
         total -= p[at, yc].clamp_min(_TINY).log().sum()
         if g is None:
@@ -144,6 +164,10 @@ def _low_softmax(logits: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
             bias_rows += p.sum(0)
         else:
             bias_rows[: yc.numel()] += p
+        if grad_scale_rows is not None:
+            grad_scale_rows += (p * logits[start : start + step]).sum(0)
+        if row_scale is not None:
+            p.mul_(row_scale)
         g[start : start + step].copy_(p)
     return total
 
@@ -152,9 +176,11 @@ class _DenseCrossEntropy(torch.autograd.Function):
     """Loss (times ``norm``) in the forward; the gradients of x, scale, bias and a learned W with it."""
 
     @staticmethod
-    def forward(ctx, x, scale, bias, weight, target, norm, grads, packed, operands, tied):
+    def forward(ctx, x, scale, bias, weight, target, norm, grads, packed, operands, tied, row_scale, x2, extra_w):
         needs = [grads and need for need in ctx.needs_input_grad[:4]]
-        need_g = any(needs)
+        need_rs = grads and ctx.needs_input_grad[10]
+        need_x2, need_extra = (grads and need for need in ctx.needs_input_grad[11:13])
+        need_g = any(needs) or need_rs or need_x2 or need_extra
         low = operands != torch.float32  # bf16 operands, float32 everything else
         x = x.float()
         a = 1.0 if scale is None else host_scalar(scale)
@@ -165,8 +191,13 @@ class _DenseCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_g else None
         # bf16 G: a learned W keeps every chunk's G (N x V in bf16) for one G^T x product at the end
         # (per-chunk bf16 products would each need a float32 pass over the V x d gradient).
-        keep_g = low and needs[3]
+        keep_g = low and (needs[3] or need_extra)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if needs[3] and not keep_g else None
+        grad_rs = torch.zeros_like(row_scale, dtype=torch.float32) if need_rs else None
+        if x2 is not None:  # the extra logits of the first k words, x2 P^T
+            k, x2, low_extra = extra_w.shape[0], x2.float(), extra_w.to(operands)
+            grad_x2 = torch.empty_like(x2) if need_x2 else None
+            grad_extra = torch.zeros_like(extra_w, dtype=torch.float32) if need_extra and not keep_g else None
         if packed is None:
             w = weight.to(operands)  # no copy when it already is (float32, or a frozen bf16 E)
             packed = w, w.t()
@@ -184,13 +215,21 @@ class _DenseCrossEntropy(torch.autograd.Function):
             if low:  # bf16 product; bias, softmax, loss and G in float32, G then rounded into the bf16 buffer
                 offset = start * weight.shape[0] if keep_g else 0
                 g = g_buffer[offset : offset + yc.numel() * weight.shape[0]].view(yc.numel(), -1) if need_g else None
-                total += _low_softmax(linear(xs.to(operands), forward_w), bias, yc, g, bias_rows, step)
+                logits = linear(xs.to(operands), forward_w)
+                if x2 is not None:
+                    logits[:, :k] += linear(x2[start : start + rows].to(operands), low_extra)
+                total += _low_softmax(logits, bias, yc, g, bias_rows, step, row_scale, grad_rs)
                 if not need_g:
                     continue
             else:
                 at = torch.arange(yc.numel(), device=yc.device)
                 out = None if buffer is None else buffer[: yc.numel() * weight.shape[0]].view(yc.numel(), -1)
-                logits = linear(xs, forward_w, bias, out=out)
+                logits = linear(xs, forward_w, bias if row_scale is None else None, out=out)
+                if x2 is not None:
+                    logits[:, :k].addmm_(x2[start : start + rows], extra_w.t())
+                raw = logits.clone() if need_rs else None  # the unscaled product, for the scales' gradient
+                if row_scale is not None:
+                    logits.mul_(row_scale).add_(bias)
                 picked = logits[at, yc]
                 top = logits.amax(1, keepdim=True)
                 probs = logits.sub_(top).exp_()
@@ -201,23 +240,37 @@ class _DenseCrossEntropy(torch.autograd.Function):
                 g = probs.div_(sums)
                 g[at, yc] -= 1  # g = d(loss) / d(logits)
                 grad_bias += g.sum(0)
+                if need_rs:
+                    grad_rs += raw.mul_(g).sum(0)
+                if row_scale is not None:
+                    g.mul_(row_scale)  # now d(loss) / d(x W^T)
             g_w = linear(g, backward_w).float()  # G W
             if grad_scale is not None:
                 grad_scale += (g_w * xc).sum()
             torch.mul(g_w, a * norm, out=grad_x[start : start + rows])
             if grad_w is not None:
                 grad_w.addmm_(g.t(), xs, alpha=norm)
+            if x2 is not None and need_x2:
+                torch.mul(torch.mm(g[:, :k], low_extra).float(), norm, out=grad_x2[start : start + rows])
+            if x2 is not None and grad_extra is not None:
+                grad_extra.addmm_(g[:, :k].t(), x2[start : start + rows], alpha=norm)
         if keep_g:  # the scale goes into x: scaling the V x d product on its way to float32 is a slow pass
             g_all = g_buffer.view(x.shape[0], weight.shape[0])
-            grad_w = torch.mm(g_all.t(), (x * (a * norm)).to(operands)).float()
+            scaled = (x * (a * norm)).to(operands)
+            if needs[3]:
+                grad_w = torch.mm(g_all.t(), scaled).float()
+            if need_extra:
+                grad_extra = torch.mm(g_all[:, :k].t(), (x2 * norm).to(operands)).float()
         if bias_rows is not None:
             grad_bias += bias_rows.sum(0)
         if need_g:
             grad_bias *= norm
-            if grad_scale is not None:
-                grad_scale *= norm
+            for grad in (grad_scale, grad_rs):
+                if grad is not None:
+                    grad *= norm
         # Kept on ctx, not saved for backward: the backward scales them in place.
-        ctx.grads, ctx.tied = (grad_x, grad_scale, grad_bias, grad_w), tied
+        extras = (grad_x2, grad_extra) if x2 is not None else (None, None)
+        ctx.grads, ctx.tied = (grad_x, grad_scale, grad_bias, grad_w, grad_rs, *extras), tied
         return total * norm
 
     @staticmethod
@@ -229,4 +282,5 @@ class _DenseCrossEntropy(torch.autograd.Function):
                     g.mul_(grad)
         if ctx.tied is not None and grads[3] is not None:
             ctx.tied.grad, ctx.tied.task = grads[3], torch._C._current_graph_task_id()
-        return *grads, None, None, None, None, None, None
+        grad_x, grad_scale, grad_bias, grad_w, grad_rs, grad_x2, grad_extra = grads
+        return grad_x, grad_scale, grad_bias, grad_w, None, None, None, None, None, None, grad_rs, grad_x2, grad_extra

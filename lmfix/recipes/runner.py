@@ -62,6 +62,11 @@ class Recipe:
     # [recipe] seeds = [...]: every variant once per seed (run and embedding seed alike), run
     # directories VARIANT-seedN; empty: one run per variant, named VARIANT, with [train]'s seeds.
     seeds: tuple[int, ...] = ()
+    # [recipe] reuse = ["../wt2-cpu-long"]: other recipes whose committed records stand for this recipe's runs of
+    # the same name (and, checked, the same config): their baselines are not trained or copied again
+    reuse: tuple[Path, ...] = ()
+    # [recipe] frontier = true: the report adds the frontier plots and the time-to-target table (analysis.frontier)
+    frontier: bool = False
     # the recipe as loaded, kept through select(): the report covers every run of it
     loaded: Recipe | None = field(default=None, repr=False, compare=False)
 
@@ -73,6 +78,14 @@ class Recipe:
     def results(self) -> Path:
         """Where the committed records of finished runs and the report live."""
         return self.path / RESULTS
+
+    def record(self, name: str) -> Path:
+        """Where run ``name``'s committed record is: in this recipe's results/, else in a reused recipe's, else
+        where it will be written (this recipe's)."""
+        for folder in (self.results, *(r / RESULTS for r in self.reuse)):
+            if (folder / name / checkpoint.SUMMARY).is_file():
+                return folder / name
+        return self.results / name
 
     def variant_seeds(self, variant: Variant) -> tuple[int, ...]:
         return self.seeds if variant.seeds is None else variant.seeds
@@ -143,6 +156,18 @@ def _seeds(path: Path, seeds: object) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def _reused(path: Path, reuse: object) -> tuple[Path, ...]:
+    if not isinstance(reuse, list) or not all(isinstance(r, str) for r in reuse):
+        raise RecipeError(f"{path / RECIPE_FILE}: reuse must be a list of recipe folders, like reuse = "
+                          '["../wt2-cpu-long"]')
+    folders = tuple((path / r).resolve() for r in reuse)
+    for folder, name in zip(folders, reuse, strict=True):
+        if not (folder / RECIPE_FILE).is_file():
+            raise RecipeError(f"{path / RECIPE_FILE}: reuse names {name}, which is not a recipe folder (no "
+                              f"{RECIPE_FILE} there)")
+    return folders
+
+
 def _variant_names(path: Path, meta: dict) -> list[str]:
     """``[recipe] variants`` in order; without the key, every ``VARIANT.toml`` of the folder. Never none: an
     empty list is a mistake, not "all"."""
@@ -195,7 +220,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     elif path.name == RECIPE_FILE:
         path = path.parent
     raw = _read_toml(path / RECIPE_FILE)
-    _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants", "seeds"},
+    _known(path / RECIPE_FILE, raw, {"recipe": {"name", "description", "output", "variants", "seeds", "reuse",
+                                                "frontier"},
                                      "evaluate": {"split", "batch_size"}, "train": None})
     meta = raw.get("recipe", {})
     names = _variant_names(path, meta)
@@ -219,6 +245,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         train=raw.get("train", {}),
         evaluate=_evaluation(path, raw.get("evaluate", {})),
         seeds=_seeds(path / RECIPE_FILE, meta.get("seeds", [])),
+        reuse=_reused(path, meta.get("reuse", [])),
+        frontier=meta.get("frontier", False) is True,
     )
     recipe = replace(recipe, loaded=recipe)
     for name, variant, seeded in recipe.runs():  # fail on a bad setting or name before hours of training, not after
@@ -282,7 +310,7 @@ def run_recipe(
     split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
     compared = []
     for name, variant, seeded in recipe.runs():
-        run_dir, record = out / name, recipe.results / name
+        run_dir, record = out / name, recipe.record(name)
         config = recipe.config(variant, {**seeded, **(overrides or {})})
         artifact_id = None
         if variant.embeddings:  # builder options beyond the defaults: train on that artifact
@@ -305,7 +333,9 @@ def run_recipe(
         if not finished or not _evaluated(run_dir, split, batch_size):
             on_event(RecipeEvent("evaluate", name, split))
             evaluate_run(run_dir, split, batch_size, device=config.device)
-        if as_written:
+        if as_written and record.parent != recipe.results:  # another recipe's record: read, never written
+            _check_same_config(record, config, artifact_id, _RECORD_ADVICE)
+        elif as_written:
             differ = _record(run_dir, record, built=artifact_id is not None)
             if differ:
                 on_event(RecipeEvent("conflict", name, f"{record} differs from {run_dir} in {', '.join(differ)}: "
@@ -315,9 +345,9 @@ def run_recipe(
     missing = []
     if as_written:  # the report covers every committed run, also those this call did not select
         missing = unfinished(recipe)
-        compared = [recipe.results / name for name, _, _ in recipe.full.runs() if name not in missing]
+        compared = [recipe.record(name) for name, _, _ in recipe.full.runs() if name not in missing]
     # the recipe's own variants may differ in more than the matrix (an ablation): the table says how
-    table, plots = compare_runs(compared, report_dir, mixed=True)
+    table, plots = compare_runs(compared, report_dir, mixed=True, frontier=recipe.frontier)
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
@@ -352,7 +382,7 @@ def _record(run_dir: Path, record: Path, built: bool = False) -> list[str]:
 def unfinished(recipe: Recipe) -> list[str]:
     """The runs of the whole recipe (also those ``select`` left out) with no evaluated record in results/."""
     split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
-    return [name for name, _, _ in recipe.full.runs() if not _evaluated(recipe.results / name, split, batch_size)]
+    return [name for name, _, _ in recipe.full.runs() if not _evaluated(recipe.record(name), split, batch_size)]
 
 
 def missing_line(recipe: Recipe, missing: list[str]) -> str:
@@ -391,7 +421,7 @@ def _check_records(recipe: Recipe) -> None:
     checked before anything trains. A variant's own artifact is checked by id when its run is adopted."""
     stale = []
     for name, variant, seeded in recipe.full.runs():
-        record = recipe.results / name
+        record = recipe.record(name)
         if not (record / checkpoint.SUMMARY).is_file():
             continue
         differences = TrainConfig.load(record).differences(recipe.config(variant, seeded))

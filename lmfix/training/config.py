@@ -16,7 +16,7 @@ from pathlib import Path
 from lmfix import atomic
 from lmfix.errors import LmfixError
 from lmfix.model.config import POSITIONS, ModelConfig
-from lmfix.model.registry import BODIES, EMBEDS, FIXED, RECURRENT
+from lmfix.model.registry import BODIES, EMBEDS, FIXED, HEADS, LEARNED, RECURRENT
 
 OPTIMIZERS = ("sgd", "asgd", "adam", "adamw")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -29,6 +29,7 @@ SCALES = ("lr", "alpha", "weight_decay")
 # config.toml holds TOML integers, which are 64-bit; seeds are numpy's too, which takes none below 0.
 INT_MAX = 2**63 - 1
 SEEDS = ("seed", "embed_seed")
+HEAD_OPTIONS = {"head_k": "top-k", "head_rank": "low-rank", "unfreeze_at": "unfreeze"}  # each --head's own number
 # Fields a resumed run may change: how long and where it runs, how often it reports.
 RESUMABLE = frozenset({"epochs", "max_tokens", "time_budget", "device", "verify", "log_interval",
                        "checkpoint_interval"})
@@ -47,6 +48,10 @@ HELP = {
     "alpha": "initial scale of a fixed classifier's logits (alpha * E x_hat + b)",
     "fix_alpha": "keep alpha at its initial value (not learned)",
     "normalize": "normalize x before a fixed classifier (x_hat = x / ||x||)",
+    "head": f"what a fixed matrix trains: {', '.join(HEADS)} (nearly-fixed heads: see lmfix/model/nearly_fixed.py)",
+    "head_k": "--head top-k: learn the rows of the K most frequent words",
+    "head_rank": "--head low-rank: rank r of the learned correction E0 + A B^T",
+    "unfreeze_at": "--head unfreeze: share of the training budget (tokens) after which all of E is learned, e.g. 0.5",
     "model": f"the body: {', '.join(BODIES)}",
     "emsize": "size of E's rows (word vectors) and of the body's output",
     "nhid": "lstm, gru: hidden units of the layers below the last; transformer: feed-forward width",
@@ -106,6 +111,10 @@ class TrainConfig:
     alpha: float = 10.0
     fix_alpha: bool = False
     normalize: bool = True
+    head: str = "fixed"
+    head_k: int = 0
+    head_rank: int = 0
+    unfreeze_at: float = 0.0
     # the body
     model: str = "lstm"
     emsize: int = 200
@@ -171,6 +180,7 @@ class TrainConfig:
             self.embed = load_artifact(self.embeddings).method
         if self.embeddings and self.embed not in FIXED:
             raise ConfigError(f"--embeddings FILE gives a fixed matrix; drop --embed {self.embed} (or the file)")
+        self._check_head()
         self._check_body()
 
     def _check_ranges(self) -> None:
@@ -187,6 +197,28 @@ class TrainConfig:
             if f.name in SEEDS and value < 0:
                 raise ConfigError(f"{flag} must be >= 0 (numpy's generators, which order the batches and build "
                                   f"the matrices, take no negative seed), got {value}")
+
+    def _check_head(self) -> None:
+        """A nearly-fixed head needs a stored fixed matrix, and exactly the options of its kind."""
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown --head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.head != "fixed" and self.embed in LEARNED:
+            raise ConfigError(f"--head {self.head} trains part of a fixed matrix, and --embed {self.embed} learns "
+                              "all of E already: drop --head, or use --embed word2vec, pmi or orthogonal")
+        if self.head != "fixed" and self.embed == "hadamard":
+            raise ConfigError(f"--head {self.head} needs a stored matrix, and a Hadamard E is generated, never "
+                              "stored: use --embed word2vec, pmi or orthogonal")
+        for name, head in HEAD_OPTIONS.items():
+            flag = "--" + name.replace("_", "-")
+            if head == self.head and getattr(self, name) <= 0:
+                raise ConfigError(f"--head {self.head} needs {flag} (a positive number)")
+            if head != self.head and getattr(self, name):
+                raise ConfigError(f"{flag} is for --head {head}; drop it for --head {self.head}")
+        if self.head_rank > self.emsize:
+            raise ConfigError(f"--head-rank {self.head_rank} is above --emsize {self.emsize}: a correction of rank "
+                              f"d learns all of E; pick a rank below {self.emsize}")
+        if not self.unfreeze_at < 1:
+            raise ConfigError(f"--unfreeze-at is a share of the budget, below 1, got {self.unfreeze_at}")
 
     def _check_body(self) -> None:
         """Resolve the transformer's unset settings; refuse those the body does not have."""

@@ -41,11 +41,13 @@ def body_parameters(config: ModelConfig) -> int:
 
 def head_elements(config: TrainConfig, vocab_size: int) -> tuple[int, int]:
     """(trained, frozen) numbers of the head: a learned E (two untied), or a frozen one (none for a generated
-    Hadamard E), and the bias."""
-    rows = vocab_size * config.emsize
+    Hadamard E) with what a nearly-fixed head trains of it (``--head``), and the bias."""
+    rows, d = vocab_size * config.emsize, config.emsize
     if config.embed in LEARNED:
         return (2 if config.embed == "learned-untied" else 1) * rows + vocab_size, 0
-    return vocab_size, 0 if config.embed == "hadamard" else rows
+    trained = {"context-scale": d, "scales": vocab_size + d, "top-k": config.head_k * d,
+               "low-rank": (vocab_size + d) * config.head_rank, "unfreeze": rows, "frozen-input": rows}
+    return vocab_size + trained.get(config.head, 0), 0 if config.embed == "hadamard" else rows
 
 
 def model_memory(config: TrainConfig, vocab_size: int, window: int, training: bool = True) -> dict[str, int]:

@@ -65,7 +65,8 @@ def build_model(config: TrainConfig, corpus: Corpus, expected: dict | None = Non
     require_model_memory(config, len(corpus.vocab), len(corpus.train), training)
     art = load_fixed_artifact(config, corpus, expected) if config.fixed else None
     head = make_head(config.embed, len(corpus.vocab), config.emsize, art, alpha=config.alpha,
-                     learn_alpha=not config.fix_alpha, normalize=config.normalize)
+                     learn_alpha=not config.fix_alpha, normalize=config.normalize, head=config.head,
+                     head_k=config.head_k, head_rank=config.head_rank)
     ref = None if art is None else {
         "method": art.method, "id": art.id, "path": str(Path(art.path).resolve()) if art.path else "",
         "vocab_fingerprint": art.vocab_fingerprint}

@@ -110,23 +110,42 @@ class Trainer:
 
     def _make_optimizer(self, kind: str) -> torch.optim.Optimizer:
         wd = self.cfg.weight_decay
-        if kind == "sgd":
-            return torch.optim.SGD(self.params, lr=self.lr, weight_decay=wd)
-        if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
-            # capturable on a GPU: its step count stays there, not read back (.item()) per parameter per step
-            return torch.optim.ASGD(self.params, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd,
-                                    capturable=self.device.type == "cuda")
-        cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+        late = self._unfrozen()
+        alpha = getattr(self.model.head, "alpha", None)
         # Adam moves every parameter by about lr per step, whatever its size: right for weights of ~0.1,
         # but a fixed head's alpha starts at --alpha (10) and SGD took it to 18-19 in the LSTM recipes; at
         # lr 1e-3 it moved 10 -> 10.7 in 700 steps (a Transformer with word2vec). Its group's lr is scaled by
         # |--alpha| instead, the same relative step as a weight of size 1 (a decayed lr scales it too).
-        alpha = getattr(self.model.head, "alpha", None)
-        if alpha is None or not alpha.requires_grad:
-            return cls(self.params, lr=self.lr, weight_decay=wd)
-        rest = [p for p in self.params if p is not alpha]
-        groups = [{"params": rest}, {"params": [alpha], "lr_scale": abs(self.cfg.alpha) or 1.0}]
-        return cls(groups, lr=self.lr, weight_decay=wd)
+        scaled = kind in ("adam", "adamw") and alpha is not None and alpha.requires_grad
+        rest = [p for p in self.params if not (scaled and p is alpha) and not any(p is q for q in late)]
+        groups = [{"params": rest}]
+        groups += [{"params": [alpha], "lr_scale": abs(self.cfg.alpha) or 1.0}] if scaled else []
+        groups += [{"params": late}] if late else []  # as added at the switch (``_unfreeze``): resumes match
+        if kind == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr, weight_decay=wd)
+        if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
+            # capturable on a GPU: its step count stays there, not read back (.item()) per parameter per step
+            return torch.optim.ASGD(groups, lr=self.lr, t0=0, lambd=0.0, weight_decay=wd,
+                                    capturable=self.device.type == "cuda")
+        return (torch.optim.Adam if kind == "adam" else torch.optim.AdamW)(groups, lr=self.lr, weight_decay=wd)
+
+    def _unfrozen(self) -> list[torch.nn.Parameter]:
+        """--head unfreeze: E's parameter once the switch happened (its own last optimizer group), else none."""
+        head = self.model.head
+        return [head.top] if getattr(head, "unfrozen", False) else []
+
+    def _unfreeze(self) -> None:
+        """--head unfreeze: at ``unfreeze_at`` of the budget, all of E becomes a parameter of the optimizer
+        (its own group: the others keep their state) and, under torchrun, of DDP."""
+        head = self.model.head
+        if self.cfg.head != "unfreeze" or head.unfrozen or self.tokens < self.cfg.unfreeze_at * self.total_tokens:
+            return
+        top = head.unfreeze()
+        self.params.append(top)
+        self.grad_bytes += top.numel() * top.element_size()
+        self.optimizer.add_param_group({"params": [top]})
+        if self.dist.active:
+            self.net, self.sync = wrap_ddp(self.model, self.device)
 
     @property
     def total_tokens(self) -> int:
@@ -162,6 +181,7 @@ class Trainer:
             if self.state is None:
                 self.state = self.model.init_state(self.cfg.batch_size)
             for x, y in self.stream:
+                self._unfreeze()
                 self.train_step(x, y)
                 reason = self._stop_reason()
                 validate = self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0
@@ -310,6 +330,7 @@ class Trainer:
             "train_ppl": checkpoint.clean(ppl(train_loss)) if train_loss is not None else None,
             "lr": self.lr,
             "alpha": head.alpha.item() if hasattr(head, "alpha") else None,
+            **({"head": head.stats()} if hasattr(head, "stats") and head.stats() else {}),
             "valid_loss": self.valid_loss if self.last_valid_step == self.step else None,
             "valid_ppl": checkpoint.clean(ppl(self.valid_loss)) if self.last_valid_step == self.step else None,
             "tok_s": w["tokens"] / w["seconds"] if w["seconds"] else None,
@@ -373,6 +394,11 @@ class Trainer:
                 f"{self.embedding['id']}; restore {state['embedding']['path']}"
             )
         checkpoint.load_weights(self.model, state["model"], self.run_dir / checkpoint.LAST)
+        if self._unfrozen():  # --head unfreeze resumed after its switch: loading the weights made E a parameter
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+            if self.dist.active:
+                self.net, self.sync = wrap_ddp(self.model, self.device)
         self.optimizer_kind = state["optimizer_kind"]
         self.optimizer = self._make_optimizer(self.optimizer_kind)
         saved, made = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)

@@ -1,0 +1,153 @@
+"""What a fixed head is worth per trained parameter and per second: the frontier plots and the
+time-to-target table, from finished runs (``compare_runs(frontier=True)``, ``lmfix compare --frontier``,
+a recipe's ``frontier = true``).
+
+* ``frontier_params.png``: test perplexity against trained parameters (log axis), every run a point,
+  the learned runs (tied, any width) joined by a line: a fixed-head run below that line beats a learned
+  model of its trained size.
+* ``frontier_time.png``: the same against training wall-clock seconds (``summary.json``'s
+  ``wall_seconds``; runs timed on different machines are not comparable, and the table says so).
+* the time-to-target table: the training tokens and wall-clock seconds each run needed to reach the
+  validation perplexity the learned baseline of its seed had after 1, 2 and 4 epochs (mean over the seeds
+  that reached it), or "not reached".
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from lmfix import atomic
+from lmfix.analysis.seeds import group_name
+
+PARAMS_PLOT = "frontier_params.png"
+TIME_PLOT = "frontier_time.png"
+TARGET_EPOCHS = (1, 2, 4)
+
+
+def _learned(run) -> bool:
+    return run.config.embed == "learned"
+
+
+def _epoch_targets(base, epochs: tuple[int, ...]) -> dict[int, float]:
+    """The baseline run's validation perplexity at the end of each of ``epochs`` it trained (the last
+    validation at or before that many epochs' tokens)."""
+    summary = base.summary
+    if summary.get("stop_reason") != "epochs" or not summary.get("epochs"):
+        return {}
+    per_epoch = summary["tokens"] / summary["epochs"]
+    curve = [(m["tokens"], m["valid_ppl"]) for m in base.metrics if m.get("valid_ppl") is not None]
+    targets = {}
+    for epoch in epochs:
+        if epoch > summary["epochs"]:
+            continue
+        seen = [ppl for tokens, ppl in curve if tokens <= epoch * per_epoch + 0.5]
+        if seen:
+            targets[epoch] = seen[-1]
+    return targets
+
+
+def _reached(run, target: float) -> tuple[int, float] | None:
+    """(tokens, wall seconds) of the first validation of ``run`` at or below ``target``."""
+    for m in run.metrics:
+        if m.get("valid_ppl") is not None and m["valid_ppl"] <= target:
+            return m["tokens"], m["wall"]
+    return None
+
+
+def _short(n: float) -> str:
+    if n < 10_000:
+        return f"{n:,.0f}"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def time_to_target(groups: dict[str, list], base_group: list) -> str | None:
+    """The time-to-target table (markdown), or None without a learned baseline trained for whole epochs."""
+    if not base_group:
+        return None
+    bases = {r.config.seed: r for r in base_group}
+    targets = {seed: _epoch_targets(run, TARGET_EPOCHS) for seed, run in bases.items()}
+    epochs = sorted({e for t in targets.values() for e in t})
+    if not epochs:
+        return None
+    header = " | ".join(f"to learned's {e}-epoch valid ppl" for e in epochs)
+    lines = [f"| group | seeds | {header} |", "|" + "---|" * (len(epochs) + 2)]
+    for name, members in groups.items():
+        cells = []
+        for epoch in epochs:
+            hits = [(run, targets.get(run.config.seed, {}).get(epoch)) for run in members]
+            hits = [_reached(run, target) for run, target in hits if target is not None]
+            done = [h for h in hits if h is not None]
+            if not hits:
+                cells.append("—")
+            elif not done:
+                cells.append("not reached")
+            else:
+                tokens = statistics.fmean(t for t, _ in done)
+                seconds = statistics.fmean(s for _, s in done)
+                partial = f" ({len(done)} of {len(hits)} seeds)" if len(done) < len(hits) else ""
+                cells.append(f"{_short(tokens)} tok, {_minutes(seconds)}{partial}")
+        lines.append(f"| {name} | {', '.join(str(r.config.seed) for r in members)} | {' | '.join(cells)} |")
+    notes = ["", "Each run against the validation perplexity its seed's learned tied run "
+             f"({group_name(base_group[0].name)}) had after that many epochs: the first validation at or below it "
+             "(tokens and training wall-clock, mean over the seeds that reached it). Wall-clock is as the run "
+             "measured it: compare it between runs trained on the same machine only."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def frontier_plots(runs: list, out_dir: Path) -> list[Path]:
+    """Test perplexity against trained parameters and against training seconds; none without test results."""
+    tested = [r for r in runs if r.test_ppl is not None]
+    if not tested:
+        return []
+    params = [(r, r.summary["params"]["trainable"]) for r in tested]
+    seconds = [(r, r.summary["wall_seconds"]) for r in tested]
+    return [
+        _scatter(out_dir / PARAMS_PLOT, params, "trained parameters (log scale)", "Test perplexity per trained "
+                 "parameter", log_x=True),
+        _scatter(out_dir / TIME_PLOT, seconds, "training wall-clock (minutes)", "Test perplexity per training "
+                 "second", scale=1 / 60),
+    ]
+
+
+def _scatter(out: Path, points: list[tuple], xlabel: str, title: str, log_x: bool = False,
+             scale: float = 1.0) -> Path:
+    """One marker per group (its seeds as points), the learned runs joined by a line (by x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    by_group: dict[str, list[tuple[float, float]]] = {}
+    for run, x in points:
+        by_group.setdefault(group_name(run.name), []).append((x * scale, run.test_ppl))
+    learned = sorted((x * scale, run.test_ppl) for run, x in points if _learned(run))
+    if len(learned) > 1:
+        ax.plot(*zip(*learned, strict=True), color="black", linewidth=1, zorder=1, label="learned tied/untied runs")
+    markers = "osD^v<>pPX*h"
+    for i, (name, xy) in enumerate(by_group.items()):
+        ax.scatter(*zip(*xy, strict=True), marker=markers[i % len(markers)], s=36, zorder=2, label=name)
+    if log_x:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_yscale("log")
+    for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        formatter = ScalarFormatter()
+        formatter.set_scientific(False)
+        set_formatter(formatter)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test perplexity (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    fig.tight_layout()
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

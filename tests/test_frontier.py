@@ -1,0 +1,102 @@
+"""The frontier: time-to-target on hand-made metrics, the plots, and recipes that reuse another recipe's records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmfix.analysis.compare import groups
+from lmfix.analysis.frontier import frontier_plots, time_to_target
+from lmfix.recipes.runner import RecipeError, load_recipe, run_recipe
+from tests.test_compare import synthetic
+from tests.test_recipe import tiny_recipe
+
+
+def curve(points: list[tuple[int, float, float]]) -> list[dict]:
+    """metrics.jsonl records: (tokens, wall seconds, valid ppl) at each validation."""
+    return [{"tokens": t, "wall": w, "valid_ppl": p} for t, w, p in points]
+
+
+def finished(run, tokens: int, epochs: int, trainable: int, wall: float):
+    run.summary.update(stop_reason="epochs", tokens=tokens, epochs=epochs, wall_seconds=wall,
+                       params={"trainable": trainable})
+    return run
+
+
+def test_time_to_target_on_hand_made_metrics(tiny_corpus_dir: Path):
+    # the learned run: 100 tokens per epoch; valid ppl 300 after epoch 1, 200 after 2, 150 after 4
+    learned = [finished(synthetic(tiny_corpus_dir, f"learned-seed{s}", "learned", s, 140.0, metrics=curve(
+        [(50, 5, 400.0), (100, 10, 300.0), (200, 20, 200.0), (300, 30, 170.0), (400, 40, 150.0)])), 400, 4, 1000, 40)
+        for s in (1, 2)]
+    fast = [finished(synthetic(tiny_corpus_dir, f"fast-seed{s}", "word2vec", s, 145.0, metrics=curve(
+        [(50, 2, 290.0 + s), (100, 4, 190.0), (200, 8, 160.0), (400, 16, 155.0)])), 400, 4, 100, 16) for s in (1, 2)]
+    # seed 2 of "slow" never reaches learned's epoch-2 perplexity
+    slow = [finished(synthetic(tiny_corpus_dir, f"slow-seed{s}", "word2vec", s, 190.0, metrics=curve(
+        [(100, 6, 320.0), (200, 12, 295.0), (300, 18, 200.0 if s == 1 else 230.0),
+         (400, 24, 190.0 if s == 1 else 205.0)])), 400, 4, 100, 24) for s in (1, 2)]
+    table = time_to_target(groups(learned + fast + slow), learned)
+    lines = table.splitlines()
+    assert lines[0] == ("| group | seeds | to learned's 1-epoch valid ppl | to learned's 2-epoch valid ppl "
+                        "| to learned's 4-epoch valid ppl |")
+    assert lines[2] == "| learned | 1, 2 | 100 tok, 0.2 min | 200 tok, 0.3 min | 400 tok, 0.7 min |"
+    # fast: both seeds at 50 tokens (291, 292 <= 300) in 2 s; at 100 (190 <= 200) in 4 s; never at 150
+    assert lines[3] == "| fast | 1, 2 | 50 tok, 0.0 min | 100 tok, 0.1 min | not reached |"
+    # slow: both at 200 tokens; learned's epoch-2 200 only by seed 1 (at 300 tokens, 18 s)
+    assert lines[4] == "| slow | 1, 2 | 200 tok, 0.2 min | 300 tok, 0.3 min (1 of 2 seeds) | not reached |"
+    assert time_to_target(groups(fast), []) is None
+
+
+def test_time_to_target_in_tokens_and_minutes(tiny_corpus_dir: Path):
+    per_epoch = 2_000_000
+    learned = finished(synthetic(tiny_corpus_dir, "learned-seed1", "learned", 1, 120.0, metrics=curve(
+        [(per_epoch, 600, 300.0), (2 * per_epoch, 1200, 200.0)])), 2 * per_epoch, 2, 7_000_000, 1200)
+    fixed = finished(synthetic(tiny_corpus_dir, "word2vec-seed1", "word2vec", 1, 150.0, metrics=curve(
+        [(per_epoch // 2, 150, 299.0), (2 * per_epoch, 600, 250.0)])), 2 * per_epoch, 2, 700_000, 600)
+    table = time_to_target(groups([learned, fixed]), [learned])
+    assert "| word2vec | 1 | 1.00M tok, 2.5 min | not reached |" in table
+    assert "| learned | 1 | 2.00M tok, 10.0 min | 4.00M tok, 20.0 min |" in table
+
+
+def test_frontier_plots_are_drawn_from_tested_runs(tiny_corpus_dir: Path, tmp_path: Path):
+    runs = [finished(synthetic(tiny_corpus_dir, name, embed, 1, ppl), 100, 1, params, wall)
+            for name, embed, ppl, params, wall in [("learned", "learned", 120.0, 7_000_000, 2400),
+                                                   ("learned-400", "learned", 110.0, 16_000_000, 5000),
+                                                   ("word2vec", "word2vec", 170.0, 700_000, 1600)]]
+    plots = frontier_plots(runs, tmp_path)
+    assert [p.name for p in plots] == ["frontier_params.png", "frontier_time.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+    assert frontier_plots([synthetic(tiny_corpus_dir, "x", "learned", 1, None)], tmp_path / "none") == []
+
+
+def test_a_recipe_reuses_another_recipes_records_and_never_writes_there(tmp_path: Path, tiny_corpus_dir: Path):
+    base = tiny_recipe(tmp_path / "base", tiny_corpus_dir, {"learned": '[train]\nembed = "learned"\n'})
+    run_recipe(load_recipe(base), output=tmp_path / "out-base")
+    before = {p: p.read_bytes() for p in (base / "results").rglob("*") if p.is_file()}
+    heads = tiny_recipe(tmp_path / "heads", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n',
+        "rank": '[train]\nembed = "orthogonal"\nhead = "low-rank"\nhead_rank = 2\n'},
+        'reuse = ["../base"]\nfrontier = true\n')
+    events = []
+    result = run_recipe(load_recipe(heads), output=tmp_path / "out-heads", on_event=events.append)
+    assert [(e.kind, e.variant) for e in events if e.kind != "evaluate"] == [("adopt", "learned"), ("train", "rank")]
+    assert {p: p.read_bytes() for p in (base / "results").rglob("*") if p.is_file()} == before
+    assert not (heads / "results" / "learned").exists() and (heads / "results" / "rank" / "summary.json").is_file()
+    assert "| rank | orthogonal (low-rank 2) |" in result.table and "to learned's 1-epoch" not in result.table
+    assert {p.name for p in result.plots} >= {"frontier_params.png", "frontier_time.png"}
+    summary = json.loads((heads / "results" / "rank" / "summary.json").read_text())
+    assert summary["params"]["trainable"] < json.loads(
+        (base / "results" / "learned" / "summary.json").read_text())["params"]["trainable"]
+
+    # a reused record whose config differs from what this recipe asks is refused, before anything trains
+    (heads / "learned.toml").write_text('[train]\nembed = "learned"\nnhid = 12\n')
+    with pytest.raises(RecipeError, match="nhid = 16 there, 12 now"):
+        run_recipe(load_recipe(heads), output=tmp_path / "out-heads")
+
+
+def test_reuse_must_name_recipe_folders(tmp_path: Path, tiny_corpus_dir: Path):
+    heads = tiny_recipe(tmp_path / "heads", tiny_corpus_dir, {"learned": '[train]\nembed = "learned"\n'},
+                        'reuse = ["../nowhere"]\n')
+    with pytest.raises(RecipeError, match="reuse names ../nowhere, which is not a recipe folder"):
+        load_recipe(heads)
