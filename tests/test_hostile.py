@@ -91,8 +91,9 @@ def test_a_second_writer_of_one_run_is_refused_with_the_first_ones_pid(tiny_corp
     run = tmp_path / "runs" / "busy"
     with claimed(run):
         code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, tmp_path / "runs"), "--name", "busy"], capsys)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
     assert_one_line_error(code, err, "being written by another lmfix process", f"PID {os.getpid()}")
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert not run.exists()  # the holder created the folder and wrote nothing else: it is gone with the lock
 
 
 @pytest.mark.parametrize(("flag", "value", "message"), [

@@ -24,7 +24,7 @@ from lmfix.training.rundir import PREVIOUS, SET_ASIDE, recover, set_aside, settl
 from lmfix.training.trainer import train
 from tests.test_hostile import snapshot
 from tests.test_recipe import tiny_recipe
-from tests.test_train import assert_one_line_error, one_thread, run_cli, tiny_config  # noqa: F401
+from tests.test_train import assert_one_line_error, one_thread, run_cli, tiny_config, tiny_flags  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -268,3 +268,34 @@ def test_compare_refuses_runs_evaluated_differently(tiny_corpus_dir, tmp_path, c
     capsys.readouterr()
     with pytest.raises(CompareError, match="test evaluation"):
         compare_runs(runs, tmp_path / "cmp")
+
+
+def test_compare_replaces_in_its_output_folder_only_what_lmfix_wrote(tiny_corpus_dir, tmp_path, capsys):
+    run = tmp_path / "runs" / "a"
+    train(tiny_config(tiny_corpus_dir, max_tokens=200), run)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "compare.md").write_text("my own notes on the comparison")
+    (out / "gap.png").write_bytes(b"\x89PNG my own figure")
+    for name in ("compare.md", "gap.png"):
+        before = snapshot(out)
+        code, _, err = run_cli(["compare", str(run), "--out", str(out)], capsys)
+        assert_one_line_error(code, err, "lmfix did not write it", "--force")
+        assert snapshot(out) == before
+        (out / name).unlink()  # the next refusal is the other file's
+    code, _, err = run_cli(["compare", str(run), "--out", str(out)], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["compare", str(run), "--out", str(out)], capsys)  # its own files: replaced again
+    assert code == 0, err
+    (out / "compare.md").write_text("mine again")
+    code, _, err = run_cli(["compare", str(run), "--out", str(out), "--force"], capsys)
+    assert code == 0 and (out / "compare.md").read_text().startswith("| run | variant |")
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(tiny_corpus_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lmfix.training.memory.available_memory", lambda: 1 << 30)
+    runs = tmp_path / "runs"
+    code, _, err = run_cli(["train", *tiny_flags(tiny_corpus_dir, runs), "--name", "big", "--emsize", "100000"],
+                           capsys)
+    assert_one_line_error(code, err, "this model needs at least")
+    assert not (runs / "big").exists()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmfix import atomic
-from lmfix.analysis.frontier import frontier_plots, time_to_target
+from lmfix.analysis.frontier import PARAMS_PLOT, TIME_PLOT, frontier_plots, time_to_target
 from lmfix.analysis.seeds import group_name, paired_change, spread
 from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
@@ -128,6 +128,10 @@ def _baseline(candidates: list[list[Run]]) -> list[Run] | None:
     return next((c for c in learned if c[0].config.precision == "fp32"), learned[0] if learned else None)
 
 
+_HEADER = ("| run | variant | trainable | stored | total | trainable vs learned | valid ppl | Δ valid | test ppl "
+           "| Δ test | train tok/s | wall |")
+
+
 def markdown_table(runs: list[Run]) -> str:
     """One row per run; changes are relative to the learned tied run of the same seed (the baseline group's,
     fp32 first), else to the baseline group's first run."""
@@ -136,11 +140,7 @@ def markdown_table(runs: list[Run]) -> str:
     for run in base_group:
         same_seed.setdefault(run.config.seed, run)
     used: list[str] = []  # the baselines the rows were measured against
-    lines = [
-        "| run | variant | trainable | stored | total | trainable vs learned | valid ppl | Δ valid | test ppl "
-        "| Δ test | train tok/s | wall |",
-        "|" + "---|" * 12,
-    ]
+    lines = [_HEADER, "|" + "---|" * 12]
     estimated = False
     for run in runs:
         base = same_seed.get(run.config.seed, base_group[0] if base_group else None)
@@ -454,14 +454,39 @@ def _values(values: list[tuple[str, object]]) -> str:
                                value]) for value, names in by_value.items())
 
 
+def _check_outputs(out_dir: Path, force: bool) -> None:
+    """Files of compare's names in ``out_dir`` are replaced only if lmfix wrote them (a table that opens with
+    its header, a PNG that matplotlib made), or with ``force``: not a user's own compare.md."""
+    for name in (TABLE, VALID_PLOT, ALPHA_PLOT, GAP_PLOT, PARAMS_PLOT, TIME_PLOT):
+        path = Path(out_dir) / name
+        if force or not path.is_file():
+            continue
+        head = path.open("rb").read(4096)
+        ours = head.startswith(_HEADER.encode()) if name == TABLE else b"matplotlib" in head.lower()
+        if not ours:
+            raise CompareError(f"{path} exists and lmfix did not write it; pass --force to replace it, or choose "
+                               "another --out")
+
+
+def _distinct(run_dirs: list[Path]) -> None:
+    """A run given twice would count twice in its group's mean and spread."""
+    seen: dict[Path, Path] = {}
+    for run in map(Path, run_dirs):
+        if seen.setdefault(run.resolve(), run) is not run:
+            raise CompareError(f"{run} is given twice (also as {seen[run.resolve()]}); name each run once")
+
+
 def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
-                 frontier: bool = False) -> tuple[str, list[Path]]:
+                 frontier: bool = False, force: bool = False) -> tuple[str, list[Path]]:
     """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths.
 
     Runs must share every setting but the matrix, the seeds and where they ran (``MAY_DIFFER``); with
     ``mixed`` they are compared anyway and the table says how they differ. ``frontier``: also the plots of
     test perplexity per trained parameter and per second, and the time-to-target table (``frontier``).
+    ``force``: replace files of the same names in ``out_dir`` that lmfix did not write.
     """
+    _distinct(run_dirs)
+    _check_outputs(out_dir, force)
     runs = [load_run(d) for d in run_dirs]
     differ = setting_differences(runs)
     described = "; ".join(f"{key}: {_values(values)}" for key, values in differ.items())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from lmfix.cli.common import add_device_flags, command, positive_int
-from lmfix.errors import LmfixError
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +40,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="where compare.md and the PNGs go (default: RUNS_DIR/compare)")
     p.add_argument("--mixed", action="store_true",
                    help="compare runs whose settings differ beyond the matrix and the seeds (the table says how)")
+    p.add_argument("--force", action="store_true", help="replace files in --out that lmfix did not write")
     p.add_argument("--frontier", action="store_true",
                    help="also plot test perplexity per trained parameter and per training second, and tabulate "
                         "the tokens and time each run needed to reach the learned run's 1/2/4-epoch validation")
@@ -53,12 +53,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from lmfix.analysis.compare import compare_runs
 
     runs = [Path(r) for r in args.runs]
-    seen: dict[Path, Path] = {}
-    for run in runs:  # a run given twice would count twice in its group's mean and spread
-        if seen.setdefault(run.resolve(), run) is not run:
-            raise LmfixError(f"{run} is given twice (also as {seen[run.resolve()]}); name each run once")
     out = Path(args.out) if args.out else runs[0].parent / "compare"
-    table, plots = compare_runs(runs, out, mixed=args.mixed, frontier=args.frontier)
+    table, plots = compare_runs(runs, out, mixed=args.mixed, frontier=args.frontier, force=args.force)
     print(table)
     print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
 

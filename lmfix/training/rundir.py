@@ -56,7 +56,9 @@ def _unwritable(run_dir: Path, exc: OSError) -> LmfixError:
 @contextlib.contextmanager
 def claimed(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock (creating the directory, which proves it writable); a second writer gets a
-    one-line error naming the first."""
+    one-line error naming the first. A directory this call created and left holding only the lock (a run
+    refused before it wrote anything) is removed again."""
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -77,6 +79,9 @@ def claimed(run_dir: Path) -> Iterator[None]:
         recover(run_dir)
         yield
     finally:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            (run_dir / LOCK).unlink()  # while still held: no other process can be using it
+            run_dir.rmdir()
         os.close(fd)  # releases the lock
 
 
