@@ -100,3 +100,23 @@ def test_reuse_must_name_recipe_folders(tmp_path: Path, tiny_corpus_dir: Path):
                         'reuse = ["../nowhere"]\n')
     with pytest.raises(RecipeError, match="reuse names ../nowhere, which is not a recipe folder"):
         load_recipe(heads)
+
+
+def test_bench_recipe_times_each_variant_with_its_parameters(tmp_path: Path, tiny_corpus_dir: Path, capsys):
+    from lmfix.cli import main
+
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {
+        "learned": '[train]\nembed = "learned"\n',
+        "rank": '[train]\nembed = "orthogonal"\nhead = "low-rank"\nhead_rank = 2\n'}, "seeds = [3, 4]\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "recipe", str(folder), "--rounds", "1", "--steps", "2", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())["variants"]
+    assert list(result) == ["learned", "rank"] and all(r["steps"] == 2 and r["median_step_ms"] > 0
+                                                       for r in result.values())
+    # the learned model trains its V x d matrix, the low-rank one stores it frozen and trains (V + d) x 2 and alpha
+    v, d = 61, 16
+    assert result["learned"]["params"]["trainable"] - result["rank"]["params"]["trainable"] == v * d - (v + d) * 2 - 1
+    assert result["rank"]["params"]["stored"] == result["rank"]["params"]["trainable"] + v * d
+    assert "rank" in printed and f"{result['rank']['params']['trainable']:,}" in printed

@@ -130,11 +130,13 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
     return step
 
 
-def _lmfix_stepper(base: TrainConfig, embed: str, run_dir: Path, precision: str,
-                   device: torch.device) -> Callable[[], int]:
-    """``lmfix train``'s step (``Trainer.train_step``); each returns the tokens it trained on."""
-    config = replace(base, embed=embed, precision=precision)
+def _lmfix_stepper(config: TrainConfig, run_dir: Path, device: torch.device,
+                   counts: dict | None = None) -> Callable[[], int]:
+    """``lmfix train``'s step (``Trainer.train_step``) of ``config``; each returns the tokens it trained on.
+    ``counts``: filled with the model's parameter counts."""
     trainer = Trainer(config, run_dir, Dist(), device, lambda event: None)
+    if counts is not None:
+        counts.update(trainer.model.counts().to_dict())
     trainer.state = trainer.model.init_state(config.batch_size)
     windows = _windows(trainer.stream.data, config.bptt)
 
@@ -181,31 +183,11 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
                 if name == "plain":
                     steppers[key] = _plain_stepper(base, data, vocab_size, precision, device)
                 else:
-                    steppers[key] = _lmfix_stepper(base, name, Path(tmp), precision, device)
-        for step in steppers.values():
-            for _ in range(cfg.warmup):
-                step()
-        samples: dict[str, list[tuple[float, int]]] = {name: [] for name in steppers}  # (seconds, tokens)
-        # a GPU runs ahead of Python: wait for its queue before each clock read
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        for r in range(cfg.rounds):
-            for name, step in steppers.items():
-                for _ in range(cfg.steps):
-                    sync()
-                    start = time.perf_counter()
-                    tokens = step()
-                    sync()
-                    samples[name].append((time.perf_counter() - start, tokens))
-            progress(f"round {r + 1}/{cfg.rounds}: " + ", ".join(
-                f"{n} {_tok_s(s):,.0f} tok/s" for n, s in samples.items()))
+                    config = replace(base, embed=name, precision=precision)
+                    steppers[key] = _lmfix_stepper(config, Path(tmp), device)
+        results = _round_robin(steppers, cfg.rounds, cfg.steps, cfg.warmup, device, progress)
         profiles = {name: _profile(step, cfg.profile, device) for name, step in steppers.items()} if cfg.profile else {}
     tokens = cfg.batch_size * cfg.bptt
-    results = {
-        name: {"median_tok_s": _tok_s(s), "median_step_ms": 1000 * statistics.median(t for t, _ in s),
-               "min_step_ms": 1000 * min(t for t, _ in s), "max_step_ms": 1000 * max(t for t, _ in s),
-               "steps": len(s), "tokens": sum(n for _, n in s)}
-        for name, s in samples.items()
-    }
     speed = {name: r["median_tok_s"] for name, r in results.items()}
     ratios = {}
     for precision in precisions:
@@ -222,6 +204,55 @@ def bench_train(cfg: BenchTrainConfig, progress: Callable[[str], None] = lambda 
         "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": backend, "device": str(device),
         "variants": results, "ratios": ratios, "profile": profiles,
     }
+
+
+def _round_robin(steppers: dict[str, Callable[[], int]], rounds: int, steps: int, warmup: int,
+                 device: torch.device, progress: Callable[[str], None]) -> dict[str, dict]:
+    """Time ``steps`` steps of each stepper per round, ``rounds`` times (load from other processes hits them
+    alike), after ``warmup`` steps each: per stepper the median tok/s and step time."""
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in steppers}  # (seconds, tokens)
+    # a GPU runs ahead of Python: wait for its queue before each clock read
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for r in range(rounds):
+        for name, step in steppers.items():
+            for _ in range(steps):
+                sync()
+                start = time.perf_counter()
+                tokens = step()
+                sync()
+                samples[name].append((time.perf_counter() - start, tokens))
+        progress(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {_tok_s(s):,.0f} tok/s" for n, s in samples.items()))
+    return {
+        name: {"median_tok_s": _tok_s(s), "median_step_ms": 1000 * statistics.median(t for t, _ in s),
+               "min_step_ms": 1000 * min(t for t, _ in s), "max_step_ms": 1000 * max(t for t, _ in s),
+               "steps": len(s), "tokens": sum(n for _, n in s)}
+        for name, s in samples.items()
+    }
+
+
+def bench_configs(configs: dict[str, TrainConfig], rounds: int = 3, steps: int = 4, warmup: int = 2,
+                  progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Step time of each named training config (a recipe's variants: ``lmfix bench recipe``), each exactly as
+    ``lmfix train`` steps it (its own dropout, head and precision), timed round-robin in one process, with
+    its trained and stored parameters."""
+    devices = {resolve_device(c.device) for c in configs.values()}
+    if len(devices) != 1:
+        raise ConfigError("the configs to time run on different devices; time them on one")
+    device = devices.pop()
+    counts: dict[str, dict] = {name: {} for name in configs}
+    with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp:
+        steppers = {}
+        for name, config in configs.items():
+            progress(f"building {name}")
+            steppers[name] = _lmfix_stepper(config, Path(tmp) / name, device, counts[name])
+        results = _round_robin(steppers, rounds, steps, warmup, device, progress)
+    for name, result in results.items():
+        result["params"] = counts[name]
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
+            "rounds": rounds, "steps": steps, "variants": results}
 
 
 def _profile(step: Callable[[], int], steps: int, device: torch.device) -> dict:

@@ -105,6 +105,42 @@ def cmd_bench_train(args: argparse.Namespace) -> None:
         atomic.write_text(args.json, json.dumps(result, indent=2))
 
 
+def _add_bench_recipe(bench_sub: argparse._SubParsersAction) -> None:
+    p = command(
+        bench_sub, "recipe", "step time of each variant of a recipe, with its trained and stored parameters",
+        "Each variant's first run exactly as lmfix run trains it (its head, width, dropout, precision), timed "
+        "round-robin in one process (3 rounds x 4 steps after 2 warm-up steps by default): the step times of a "
+        "frontier measured on one machine, at one time.",
+    )
+    p.add_argument("recipe", help="a recipe directory (recipes/wt2-cpu-long-width)")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="time only these variants")
+    for name in ("rounds", "steps", "warmup"):
+        p.add_argument("--" + name, type=positive_int)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_recipe)
+
+
+def cmd_bench_recipe(args: argparse.Namespace) -> None:
+    import json
+
+    from lmfix import atomic
+    from lmfix.bench.train import bench_configs
+    from lmfix.recipes.runner import load_recipe, variant_configs
+
+    recipe = load_recipe(args.recipe).select(args.only)
+    configs = variant_configs(recipe)
+    timing = {k: getattr(args, k) for k in ("rounds", "steps", "warmup") if getattr(args, k) is not None}
+    result = bench_configs(configs, **timing, progress=lambda line: print(line, file=sys.stderr))
+    print(f"{recipe.name}: {result['threads']} threads, torch {result['torch']}, {result['device']}, "
+          f"medians of {result['rounds']} x {result['steps']} steps")
+    print(f"{'variant':<24} {'trained':>11} {'stored':>11} {'median ms/step':>15} {'tok/s':>8}")
+    for name, r in result["variants"].items():
+        print(f"{name:<24} {r['params']['trainable']:>11,} {r['params']['stored']:>11,} "
+              f"{r['median_step_ms']:>15,.1f} {r['median_tok_s']:>8,.0f}")
+    if args.json:
+        atomic.write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
 def _add_bench_embeddings(bench_sub: argparse._SubParsersAction) -> None:
     from lmfix.bench.embeddings import TARGET_SECONDS
 
@@ -201,5 +237,5 @@ def cmd_bench_gpu(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "bench", "speed and memory benchmarks on this machine")
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    for add in (_add_bench_embeddings, _add_bench_train, _add_bench_head, _add_bench_gpu):
+    for add in (_add_bench_embeddings, _add_bench_train, _add_bench_recipe, _add_bench_head, _add_bench_gpu):
         add(bench_sub)

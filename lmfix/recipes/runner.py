@@ -299,8 +299,6 @@ def run_recipe(
     """
     from lmfix.analysis.compare import compare_runs
     from lmfix.analysis.evaluate import evaluate_run
-    from lmfix.embeddings import get_or_build
-    from lmfix.training.setup import load_corpus
     from lmfix.training.trainer import train
 
     out = Path(output or recipe.output)
@@ -311,12 +309,7 @@ def run_recipe(
     compared = []
     for name, variant, seeded in recipe.runs():
         run_dir, record = out / name, recipe.record(name)
-        config = recipe.config(variant, {**seeded, **(overrides or {})})
-        artifact_id = None
-        if variant.embeddings:  # builder options beyond the defaults: train on that artifact
-            corpus = load_corpus(config)
-            art = get_or_build(config.embed, corpus, config.emsize, seed=config.embed_seed, **variant.embeddings)
-            config, artifact_id = replace(config, embeddings=str(art.path)), art.id
+        config, artifact_id = run_config(recipe, variant, {**seeded, **(overrides or {})})
         finished = (run_dir / checkpoint.SUMMARY).is_file()
         if as_written and not finished and _evaluated(record, split, batch_size):
             _check_same_config(record, config, artifact_id, _RECORD_ADVICE)
@@ -351,6 +344,28 @@ def run_recipe(
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
+
+
+def run_config(recipe: Recipe, variant: Variant, overrides: dict) -> tuple[TrainConfig, str | None]:
+    """What one run of ``variant`` trains with, and the id of the artifact the recipe built for it (a variant's
+    ``[embeddings]`` options beyond the defaults: it trains on that artifact), else None."""
+    config = recipe.config(variant, overrides)
+    if not variant.embeddings:
+        return config, None
+    from lmfix.embeddings import get_or_build
+    from lmfix.training.setup import load_corpus
+
+    art = get_or_build(config.embed, load_corpus(config), config.emsize, seed=config.embed_seed, **variant.embeddings)
+    return replace(config, embeddings=str(art.path)), art.id
+
+
+def variant_configs(recipe: Recipe) -> dict[str, TrainConfig]:
+    """Each variant's config, of its first run (the seeds of a variant train the same model)."""
+    configs: dict[str, TrainConfig] = {}
+    for _, variant, seeded in recipe.runs():
+        if variant.name not in configs:
+            configs[variant.name] = run_config(recipe, variant, seeded)[0]
+    return configs
 
 
 def _record(run_dir: Path, record: Path, built: bool = False) -> list[str]:
