@@ -121,27 +121,26 @@ def test_every_kill_point_of_an_overwrite_recovers_to_one_whole_run(tmp_path):
     recover(run)
     assert snapshot(run) == old
 
+    def overwritten_by(files: dict[str, bytes]) -> None:
+        """An --overwrite that set the old run aside and wrote ``files``, killed there."""
+        set_aside(run)
+        for name, data in files.items():
+            (run / name).write_bytes(data)
+
     # the new run wrote its config and metrics, no checkpoint: the old run again
-    set_aside(run)
-    (run / "config.toml").write_bytes(b"new config")
-    (run / "metrics.jsonl").write_bytes(b"new metrics")
+    overwritten_by({"config.toml": b"new config", "metrics.jsonl": b"new metrics"})
     recover(run)
     assert snapshot(run) == old
 
     # a restore killed half way (the new files gone and the mark removed, one old file moved back)
-    set_aside(run)
-    (run / "config.toml").write_bytes(b"new config")
-    for name in ("config.toml",):
-        (run / name).unlink()
+    overwritten_by({})
     (keep / SET_ASIDE).unlink()
     os.replace(keep / "best.pt", run / "best.pt")
     recover(run)
     assert snapshot(run) == old
 
     # the new run wrote its first checkpoint: it is the run, the old files go
-    set_aside(run)
-    (run / "config.toml").write_bytes(b"new config")
-    (run / "checkpoint.pt").write_bytes(b"new last")
+    overwritten_by({"config.toml": b"new config", "checkpoint.pt": b"new last"})
     recover(run)
     assert snapshot(run) == {"config.toml": b"new config", "checkpoint.pt": b"new last", "mine.txt": b"a user's file"}
 

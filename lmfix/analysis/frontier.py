@@ -116,26 +116,32 @@ def frontier_plots(runs: list, out_dir: Path) -> list[Path]:
 
 def _scatter(out: Path, points: list[tuple], xlabel: str, title: str, log_x: bool = False,
              scale: float = 1.0) -> Path:
-    """One marker per group (its seeds as points), the learned runs joined by a line (by x)."""
+    """One marker per group (its seeds as points), the learned groups' means joined by a line (by x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import EngFormatter, ScalarFormatter
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
     by_group: dict[str, list[tuple[float, float]]] = {}
+    learned: set[str] = set()
     for run, x in points:
         by_group.setdefault(group_name(run.name), []).append((x * scale, run.test_ppl))
-    learned = sorted((x * scale, run.test_ppl) for run, x in points if _learned(run))
-    if len(learned) > 1:
-        ax.plot(*zip(*learned, strict=True), color="black", linewidth=1, zorder=1, label="learned tied/untied runs")
+        if _learned(run):
+            learned.add(group_name(run.name))
+    means = sorted((statistics.fmean(x for x, _ in by_group[name]), statistics.fmean(y for _, y in by_group[name]))
+                   for name in learned)
+    if len(means) > 1:
+        ax.plot(*zip(*means, strict=True), color="black", linewidth=1, zorder=1, label="learned models (group means)")
     markers = "osD^v<>pPX*h"
     for i, (name, xy) in enumerate(by_group.items()):
         ax.scatter(*zip(*xy, strict=True), marker=markers[i % len(markers)], s=36, zorder=2, label=name)
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yscale("log")
     for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
         formatter = ScalarFormatter()
