@@ -70,13 +70,11 @@ class Trainer:
         self.precision = resolve_precision(config.precision, device)
         self.model.set_precision(DTYPES[self.precision])
         torch.manual_seed(config.seed + ddp.rank)  # dropout masks differ across processes
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._track_params()
         # A loss this far above a uniform guess (ln V) is divergence, even while it is still finite
         # (a fixed head's logits span +-alpha, so its first losses may reach 2 alpha + ln V).
         reach = 2 * abs(config.alpha) if config.fixed else 0.0
         self.diverged_above = DIVERGED_TIMES_UNIFORM * math.log(len(self.corpus.vocab)) + DIVERGED_MARGIN + reach
-        self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
-        self.net, self.sync = wrap_ddp(self.model, device) if ddp.active else (self.model, SyncCounter())
         self.lr = config.lr
         self.optimizer_kind = "sgd" if config.optimizer == "asgd" else config.optimizer
         self.optimizer = self._make_optimizer(self.optimizer_kind)
@@ -140,12 +138,15 @@ class Trainer:
         head = self.model.head
         if self.cfg.head != "unfreeze" or head.unfrozen or self.tokens < self.cfg.unfreeze_at * self.total_tokens:
             return
-        top = head.unfreeze()
-        self.params.append(top)
-        self.grad_bytes += top.numel() * top.element_size()
-        self.optimizer.add_param_group({"params": [top]})
-        if self.dist.active:
-            self.net, self.sync = wrap_ddp(self.model, self.device)
+        self.optimizer.add_param_group({"params": [head.unfreeze()]})
+        self._track_params()
+
+    def _track_params(self) -> None:
+        """The parameters the optimizer steps, clips and (under torchrun) all-reduces: at the start, and again
+        when ``--head unfreeze`` makes E one."""
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+        self.net, self.sync = wrap_ddp(self.model, self.device) if self.dist.active else (self.model, SyncCounter())
 
     @property
     def total_tokens(self) -> int:
@@ -322,6 +323,7 @@ class Trainer:
         w = self._window
         train_loss = w["loss"] / w["steps"] if w["steps"] else None
         head = self.model.head
+        stats = head.stats() if hasattr(head, "stats") else {}
         record = {
             "step": self.step,
             "epoch": self.epoch,
@@ -330,7 +332,7 @@ class Trainer:
             "train_ppl": checkpoint.clean(ppl(train_loss)) if train_loss is not None else None,
             "lr": self.lr,
             "alpha": head.alpha.item() if hasattr(head, "alpha") else None,
-            **({"head": head.stats()} if hasattr(head, "stats") and head.stats() else {}),
+            **({"head": stats} if stats else {}),
             "valid_loss": self.valid_loss if self.last_valid_step == self.step else None,
             "valid_ppl": checkpoint.clean(ppl(self.valid_loss)) if self.last_valid_step == self.step else None,
             "tok_s": w["tokens"] / w["seconds"] if w["seconds"] else None,
@@ -395,10 +397,7 @@ class Trainer:
             )
         checkpoint.load_weights(self.model, state["model"], self.run_dir / checkpoint.LAST)
         if self._unfrozen():  # --head unfreeze resumed after its switch: loading the weights made E a parameter
-            self.params = [p for p in self.model.parameters() if p.requires_grad]
-            self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
-            if self.dist.active:
-                self.net, self.sync = wrap_ddp(self.model, self.device)
+            self._track_params()
         self.optimizer_kind = state["optimizer_kind"]
         self.optimizer = self._make_optimizer(self.optimizer_kind)
         saved, made = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
