@@ -461,7 +461,8 @@ def _check_outputs(out_dir: Path, force: bool) -> None:
         path = Path(out_dir) / name
         if force or not path.is_file():
             continue
-        head = path.open("rb").read(4096)
+        with path.open("rb") as f:
+            head = f.read(4096)
         ours = head.startswith(_HEADER.encode()) if name == TABLE else b"matplotlib" in head.lower()
         if not ours:
             raise CompareError(f"{path} exists and lmfix did not write it; pass --force to replace it, or choose "
@@ -494,7 +495,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
         raise CompareError(f"these runs differ in {', '.join(differ)} ({described}), so their perplexities "
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
-    targets = time_to_target(groups(runs), _baseline(list(groups(runs).values())) or []) if frontier else None
+    grouped = groups(runs)
+    targets = time_to_target(grouped, _baseline(list(grouped.values())) or []) if frontier else None
     for extra in (seeds_table(runs), precision_table(runs), gap_table(runs), targets):
         if extra:
             table += "\n" + extra
