@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lmfix.analysis.compare import groups
-from lmfix.analysis.frontier import frontier_plots, time_to_target
+from lmfix.analysis.frontier import STEP_TIMES, Clock, frontier_plots, time_to_target
+from lmfix.errors import LmfixError
 from lmfix.recipes.runner import RecipeError, load_recipe, run_recipe
 from tests.test_compare import synthetic
 from tests.test_recipe import tiny_recipe
@@ -57,6 +58,27 @@ def test_time_to_target_in_tokens_and_minutes(tiny_corpus_dir: Path):
     table = time_to_target(groups([learned, fixed]), [learned])
     assert "| word2vec | 1 | 1.00M tok, 2.5 min | not reached |" in table
     assert "| learned | 1 | 2.00M tok, 10.0 min | 4.00M tok, 20.0 min |" in table
+    assert "Time: training wall-clock as each run measured it:" in table
+
+    # on one clock (step times measured side by side) a run's time is its tokens at its variant's rate
+    clock = Clock({"learned": 4000.0, "word2vec": 8000.0}, "Some CPU, 2 threads, torch 9, 2026-12-07")
+    table = time_to_target(groups([learned, fixed]), [learned], clock)
+    assert "| word2vec | 1 | 1.00M tok, 2.1 min | not reached |" in table  # 1M / 8000 = 125 s
+    assert "| learned | 1 | 2.00M tok, 8.3 min | 4.00M tok, 16.7 min |" in table
+    assert "(Some CPU, 2 threads, torch 9, 2026-12-07; evaluation not counted)" in table
+    # a clock that misses a variant is not used at all: never two clocks in one table
+    table = time_to_target(groups([learned, fixed]), [learned], Clock({"learned": 4000.0}, "Some CPU"))
+    assert "1.00M tok, 2.5 min" in table and "(the step-time file has no word2vec)" in table
+
+
+def test_a_step_time_file_round_trips_and_a_damaged_one_is_refused(tmp_path: Path):
+    clock = Clock({"learned": 1503.5, "word2vec-top2000": 2790.25}, "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07")
+    clock.save(tmp_path / STEP_TIMES)
+    assert Clock.load(tmp_path / STEP_TIMES) == clock
+    for text in ("{", '{"machine": "x"}', '{"machine": "x", "tok_s": {"learned": 0}}', '{"tok_s": [1]}'):
+        (tmp_path / STEP_TIMES).write_text(text)
+        with pytest.raises(LmfixError, match="lmfix bench recipe RECIPE --save$"):
+            Clock.load(tmp_path / STEP_TIMES)
 
 
 def test_frontier_plots_are_drawn_from_tested_runs(tiny_corpus_dir: Path, tmp_path: Path):
@@ -120,3 +142,31 @@ def test_bench_recipe_times_each_variant_with_its_parameters(tmp_path: Path, tin
     assert result["learned"]["params"]["trainable"] - result["rank"]["params"]["trainable"] == v * d - (v + d) * 2 - 1
     assert result["rank"]["params"]["stored"] == result["rank"]["params"]["trainable"] + v * d
     assert "rank" in printed and f"{result['rank']['params']['trainable']:,}" in printed
+
+
+def test_bench_recipe_save_gives_the_recipe_one_clock(tmp_path: Path, tiny_corpus_dir: Path, capsys):
+    from lmfix.cli import main
+
+    whole_epoch = "max_tokens = 0\nepochs = 1\n"  # the time-to-target table needs a learned run of whole epochs
+    folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {
+        "learned": f'[train]\nembed = "learned"\n{whole_epoch}',
+        "rank": f'[train]\nembed = "orthogonal"\nhead = "low-rank"\nhead_rank = 2\n{whole_epoch}'},
+        "frontier = true\n")
+    before = run_recipe(load_recipe(folder), output=tmp_path / "out").table
+    assert "Time: training wall-clock as each run measured it:" in before
+    # one clock for the whole recipe: --save refuses a partial one
+    assert main(["bench", "recipe", str(folder), "--only", "rank", "--save"]) == 2
+    assert "drop --only" in capsys.readouterr().err and not (folder / "results" / STEP_TIMES).exists()
+    assert main(["bench", "recipe", str(folder), "--rounds", "1", "--steps", "2", "--warmup", "1", "--save"]) == 0
+    clock = Clock.load(folder / "results" / STEP_TIMES)
+    assert set(clock.tok_s) == {"learned", "rank"} and all(rate > 0 for rate in clock.tok_s.values())
+    # the report of the adopted records is timed on it, the same on every rerun
+    events = []
+    after = run_recipe(load_recipe(folder), output=tmp_path / "out", on_event=events.append)
+    assert {e.kind for e in events} == {"skip"}
+    assert f"({clock.machine}; evaluation not counted)" in after.table and "wall-clock" not in after.table
+    assert run_recipe(load_recipe(folder), output=tmp_path / "out").table == after.table
+    # a damaged clock is a one-line error, not a report timed on nothing
+    (folder / "results" / STEP_TIMES).write_text("{")
+    assert main(["run", str(folder), "--no-progress"]) == 2
+    assert "--save" in capsys.readouterr().err.splitlines()[-1]

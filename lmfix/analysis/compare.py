@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmfix import atomic
-from lmfix.analysis.frontier import PARAMS_PLOT, TIME_PLOT, frontier_plots, time_to_target
+from lmfix.analysis.frontier import PARAMS_PLOT, TIME_PLOT, Clock, frontier_plots, time_to_target
 from lmfix.analysis.seeds import group_name, paired_change, spread
 from lmfix.errors import LmfixError
 from lmfix.model.registry import FIXED
@@ -478,13 +478,15 @@ def _distinct(run_dirs: list[Path]) -> None:
 
 
 def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
-                 frontier: bool = False, force: bool = False) -> tuple[str, list[Path]]:
+                 frontier: bool = False, force: bool = False,
+                 clock: Clock | None = None) -> tuple[str, list[Path]]:
     """Write ``compare.md`` and the plots into ``out_dir``; return the markdown and the PNG paths.
 
     Runs must share every setting but the matrix, the seeds and where they ran (``MAY_DIFFER``); with
     ``mixed`` they are compared anyway and the table says how they differ. ``frontier``: also the plots of
-    test perplexity per trained parameter and per second, and the time-to-target table (``frontier``).
-    ``force``: replace files of the same names in ``out_dir`` that lmfix did not write.
+    test perplexity per trained parameter and per second, and the time-to-target table (``frontier``),
+    timed on ``clock`` when it times every run. ``force``: replace files of the same names in ``out_dir``
+    that lmfix did not write.
     """
     _distinct(run_dirs)
     _check_outputs(out_dir, force)
@@ -496,7 +498,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
                            "answer different questions; compare runs of one setting, or pass --mixed")
     table = markdown_table(runs)
     grouped = groups(runs)
-    targets = time_to_target(grouped, _baseline(list(grouped.values())) or []) if frontier else None
+    targets = time_to_target(grouped, _baseline(list(grouped.values())) or [], clock) if frontier else None
     for extra in (seeds_table(runs), precision_table(runs), gap_table(runs), targets):
         if extra:
             table += "\n" + extra
@@ -530,6 +532,6 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, mixed: bool = False,
         plots.append(_plot(out_dir / GAP_PLOT, "Validation perplexity against the learned tied run (same seed)",
                            "change in valid perplexity (%)", gaps, "gap"))
     if frontier:
-        plots += frontier_plots(runs, out_dir)
+        plots += frontier_plots(runs, out_dir, clock)
     atomic.write_text(out_dir / TABLE, table)  # last: a failed plot leaves the previous table with its plots
     return table, plots

@@ -5,24 +5,67 @@ a recipe's ``frontier = true``).
 * ``frontier_params.png``: test perplexity against trained parameters (log axis), every run a point,
   the learned runs (tied, any width) joined by a line: a fixed-head run below that line beats a learned
   model of its trained size.
-* ``frontier_time.png``: the same against training wall-clock seconds (``summary.json``'s
-  ``wall_seconds``; runs timed on different machines are not comparable, and the table says so).
-* the time-to-target table: the training tokens and wall-clock seconds each run needed to reach the
-  validation perplexity the learned baseline of its seed had after 1, 2 and 4 epochs (mean over the seeds
-  that reached it), or "not reached".
+* ``frontier_time.png``: the same against training time. Runs trained on different machines, or beside
+  other work, have wall-clocks that say more about the machine than the model; with a ``Clock`` (the
+  step times ``lmfix bench recipe --save`` measured for every variant side by side, in one process) a
+  run's time is its training tokens at its variant's measured rate, the same clock for every run.
+  Without one, ``summary.json``'s ``wall_seconds``, and the table says so.
+* the time-to-target table: the training tokens and time each run needed to reach the validation
+  perplexity the learned baseline of its seed had after 1, 2 and 4 epochs (mean over the seeds that
+  reached it), or "not reached".
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmfix import atomic
 from lmfix.analysis.seeds import group_name
+from lmfix.errors import LmfixError
 
 PARAMS_PLOT = "frontier_params.png"
 TIME_PLOT = "frontier_time.png"
 TARGET_EPOCHS = (1, 2, 4)
+STEP_TIMES = "step_times.json"  # a recipe's clock, in its results/ folder (lmfix bench recipe --save)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Training tokens per second of each variant, measured side by side on one machine."""
+
+    tok_s: dict[str, float]
+    machine: str  # where and when: "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07"
+
+    @classmethod
+    def from_bench(cls, result: dict) -> Clock:
+        """From ``bench_configs``' result."""
+        machine = f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, {result['date']}"
+        return cls({name: r["median_tok_s"] for name, r in result["variants"].items()}, machine)
+
+    def save(self, path: Path) -> None:
+        atomic.write_text(path, json.dumps({"machine": self.machine, "tok_s": self.tok_s}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Clock:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            clock = cls({str(k): float(v) for k, v in raw["tok_s"].items()}, str(raw["machine"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise LmfixError(f"{path} is not a step-time file lmfix wrote ({e}); write it again with "
+                             "lmfix bench recipe RECIPE --save") from None
+        if not all(v > 0 for v in clock.tok_s.values()):
+            raise LmfixError(f"{path} has a rate that is not positive; write it again with lmfix bench recipe "
+                             "RECIPE --save")
+        return clock
+
+    def covers(self, runs: list) -> bool:
+        return all(group_name(r.name) in self.tok_s for r in runs)
+
+    def seconds(self, run, tokens: float) -> float:
+        return tokens / self.tok_s[group_name(run.name)]
 
 
 def _learned(run) -> bool:
@@ -47,11 +90,12 @@ def _epoch_targets(base, epochs: tuple[int, ...]) -> dict[int, float]:
     return targets
 
 
-def _reached(run, target: float) -> tuple[int, float] | None:
-    """(tokens, wall seconds) of the first validation of ``run`` at or below ``target``."""
+def _reached(run, target: float, clock: Clock | None) -> tuple[int, float] | None:
+    """(tokens, seconds) of the first validation of ``run`` at or below ``target``: seconds on ``clock``, or
+    the run's own wall-clock without one."""
     for m in run.metrics:
         if m.get("valid_ppl") is not None and m["valid_ppl"] <= target:
-            return m["tokens"], m["wall"]
+            return m["tokens"], clock.seconds(run, m["tokens"]) if clock else m["wall"]
     return None
 
 
@@ -65,8 +109,27 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def time_to_target(groups: dict[str, list], base_group: list) -> str | None:
-    """The time-to-target table (markdown), or None without a learned baseline trained for whole epochs."""
+def usable(clock: Clock | None, runs: list) -> Clock | None:
+    """``clock`` when it times every run's variant: one clock for all, never two mixed in a table."""
+    return clock if clock is not None and clock.covers(runs) else None
+
+
+def _time_note(clock: Clock | None, runs: list, given: Clock | None) -> str:
+    if clock:
+        return (f"Time: training tokens at each variant's step time as lmfix bench recipe measured it, every variant "
+                f"side by side ({clock.machine}; evaluation not counted), so runs trained on other machines are "
+                "timed alike.")
+    lacking = sorted({group_name(r.name) for r in runs} - set(given.tok_s)) if given else []
+    why = f" (the step-time file has no {', '.join(lacking)})" if lacking else ""
+    return (f"Time: training wall-clock as each run measured it{why}: compare it between runs trained on the same "
+            "machine only, or time every variant with lmfix bench recipe --save.")
+
+
+def time_to_target(groups: dict[str, list], base_group: list, clock: Clock | None = None) -> str | None:
+    """The time-to-target table (markdown), or None without a learned baseline trained for whole epochs;
+    times on ``clock`` when it covers every run."""
+    runs = [r for members in groups.values() for r in members]
+    used = usable(clock, runs)
     if not base_group:
         return None
     bases = {r.config.seed: r for r in base_group}
@@ -80,7 +143,7 @@ def time_to_target(groups: dict[str, list], base_group: list) -> str | None:
         cells = []
         for epoch in epochs:
             hits = [(run, targets.get(run.config.seed, {}).get(epoch)) for run in members]
-            hits = [_reached(run, target) for run, target in hits if target is not None]
+            hits = [_reached(run, target, used) for run, target in hits if target is not None]
             done = [h for h in hits if h is not None]
             if not hits:
                 cells.append("—")
@@ -94,23 +157,28 @@ def time_to_target(groups: dict[str, list], base_group: list) -> str | None:
         lines.append(f"| {name} | {', '.join(str(r.config.seed) for r in members)} | {' | '.join(cells)} |")
     notes = ["", "Each run against the validation perplexity its seed's learned tied run "
              f"({group_name(base_group[0].name)}) had after that many epochs: the first validation at or below it "
-             "(tokens and training wall-clock, mean over the seeds that reached it). Wall-clock is as the run "
-             "measured it: compare it between runs trained on the same machine only."]
+             "(tokens and training time, mean over the seeds that reached it). " + _time_note(used, runs, clock)]
     return "\n".join(lines + notes) + "\n"
 
 
-def frontier_plots(runs: list, out_dir: Path) -> list[Path]:
-    """Test perplexity against trained parameters and against training seconds; none without test results."""
+def frontier_plots(runs: list, out_dir: Path, clock: Clock | None = None) -> list[Path]:
+    """Test perplexity against trained parameters and against training time (on ``clock`` when it covers
+    every run); none without test results."""
     tested = [r for r in runs if r.test_ppl is not None]
     if not tested:
         return []
     params = [(r, r.summary["params"]["trainable"]) for r in tested]
-    seconds = [(r, r.summary["wall_seconds"]) for r in tested]
+    used = usable(clock, tested)
+    if used:
+        seconds = [(r, used.seconds(r, r.summary["tokens"])) for r in tested]
+        xlabel = f"training minutes at the step times lmfix bench recipe measured ({used.machine})"
+    else:
+        seconds = [(r, r.summary["wall_seconds"]) for r in tested]
+        xlabel = "training wall-clock, as each run measured it (minutes)"
     return [
         _scatter(out_dir / PARAMS_PLOT, params, "trained parameters (log scale)", "Test perplexity per trained "
                  "parameter", log_x=True),
-        _scatter(out_dir / TIME_PLOT, seconds, "training wall-clock (minutes)", "Test perplexity per training "
-                 "second", scale=1 / 60),
+        _scatter(out_dir / TIME_PLOT, seconds, xlabel, "Test perplexity per training second", scale=1 / 60),
     ]
 
 

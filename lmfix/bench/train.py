@@ -26,7 +26,7 @@ from lmfix.data.batching import BPTTStream, batchify_split
 from lmfix.model.registry import RECURRENT
 from lmfix.model.transformer import sinusoidal
 from lmfix.ops import gemm
-from lmfix.ops.precision import resolve_precisions
+from lmfix.ops.precision import cpu_name, resolve_precisions
 from lmfix.training.config import ConfigError, TrainConfig
 from lmfix.training.distributed import Dist, resolve_device
 from lmfix.training.memory import require_model_memory
@@ -251,8 +251,9 @@ def bench_configs(configs: dict[str, TrainConfig], rounds: int = 3, steps: int =
         results = _round_robin(steppers, rounds, steps, warmup, device, progress)
     for name, result in results.items():
         result["params"] = counts[name]
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
-            "rounds": rounds, "steps": steps, "variants": results}
+    processor = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device), "cpu": processor,
+            "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "steps": steps, "variants": results}
 
 
 def _profile(step: Callable[[], int], steps: int, device: torch.device) -> dict:

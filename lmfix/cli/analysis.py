@@ -44,6 +44,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frontier", action="store_true",
                    help="also plot test perplexity per trained parameter and per training second, and tabulate "
                         "the tokens and time each run needed to reach the learned run's 1/2/4-epoch validation")
+    p.add_argument("--step-times", metavar="FILE",
+                   help="with --frontier: time runs at the step times in FILE (lmfix bench recipe RECIPE --save "
+                        "writes RECIPE/results/step_times.json) instead of each run's own wall-clock")
     p.set_defaults(func=cmd_compare)
 
 
@@ -51,10 +54,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from lmfix.analysis.compare import compare_runs
+    from lmfix.analysis.frontier import Clock
+    from lmfix.training.config import ConfigError
 
+    if args.step_times and not args.frontier:
+        raise ConfigError("--step-times times the frontier: add --frontier")
+    clock = Clock.load(Path(args.step_times)) if args.step_times else None
     runs = [Path(r) for r in args.runs]
     out = Path(args.out) if args.out else runs[0].parent / "compare"
-    table, plots = compare_runs(runs, out, mixed=args.mixed, frontier=args.frontier, force=args.force)
+    table, plots = compare_runs(runs, out, mixed=args.mixed, frontier=args.frontier, force=args.force, clock=clock)
     print(table)
     print(f"written: {out / 'compare.md'}" + "".join(f", {p}" for p in plots))
 

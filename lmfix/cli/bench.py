@@ -117,6 +117,9 @@ def _add_bench_recipe(bench_sub: argparse._SubParsersAction) -> None:
     for name in ("rounds", "steps", "warmup"):
         p.add_argument("--" + name, type=positive_int)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--save", action="store_true",
+                   help="keep the rates as the recipe's clock (RECIPE/results/step_times.json, commit it): its "
+                        "report then times every run at them, not at the wall-clock of wherever it trained")
     p.set_defaults(func=cmd_bench_recipe)
 
 
@@ -124,10 +127,15 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
     import json
 
     from lmfix import atomic
+    from lmfix.analysis.frontier import STEP_TIMES, Clock
     from lmfix.bench.train import bench_configs
     from lmfix.recipes.runner import load_recipe, variant_configs
 
-    recipe = load_recipe(args.recipe).select(args.only)
+    recipe = load_recipe(args.recipe)
+    if args.save and args.only:
+        raise LmfixError("--save keeps one clock for the whole recipe: every variant timed side by side in one "
+                         "process; drop --only")
+    recipe = recipe.select(args.only)
     configs = variant_configs(recipe)
     timing = {k: getattr(args, k) for k in ("rounds", "steps", "warmup") if getattr(args, k) is not None}
     result = bench_configs(configs, **timing, progress=lambda line: print(line, file=sys.stderr))
@@ -139,6 +147,10 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
               f"{r['median_step_ms']:>15,.1f} {r['median_tok_s']:>8,.0f}")
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=2) + "\n")
+    if args.save:
+        path = recipe.results / STEP_TIMES
+        Clock.from_bench(result).save(path)
+        print(f"written: {path} (lmfix run {args.recipe} rewrites the report with it)")
 
 
 def _add_bench_embeddings(bench_sub: argparse._SubParsersAction) -> None:

@@ -29,15 +29,29 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def _cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (none where there is no such file)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_flags() -> frozenset[str]:
+    return frozenset(_cpu_info().get("flags", "").split())
+
+
+def cpu_name() -> str:
+    """The CPU model, as timings must name it (speeds measured on two CPU models do not compare)."""
+    import platform
+
+    return _cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def bf16_runs(device: torch.device) -> bool:

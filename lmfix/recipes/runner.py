@@ -299,6 +299,7 @@ def run_recipe(
     """
     from lmfix.analysis.compare import compare_runs
     from lmfix.analysis.evaluate import evaluate_run
+    from lmfix.analysis.frontier import STEP_TIMES, Clock
     from lmfix.training.trainer import train
 
     out = Path(output or recipe.output)
@@ -340,7 +341,9 @@ def run_recipe(
         missing = unfinished(recipe)
         compared = [recipe.record(name) for name, _, _ in recipe.full.runs() if name not in missing]
     # the recipe's own variants may differ in more than the matrix (an ablation): the table says how
-    table, plots = compare_runs(compared, report_dir, mixed=True, frontier=recipe.frontier)
+    step_times = recipe.results / STEP_TIMES  # the recipe's committed clock (lmfix bench recipe --save)
+    clock = Clock.load(step_times) if recipe.frontier and as_written and step_times.is_file() else None
+    table, plots = compare_runs(compared, report_dir, mixed=True, frontier=recipe.frontier, clock=clock)
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
     return RecipeResult(report, table, plots, compared)
