@@ -71,6 +71,16 @@ def test_time_to_target_in_tokens_and_minutes(tiny_corpus_dir: Path):
     assert "1.00M tok, 2.5 min" in table and "(the step-time file has no word2vec)" in table
 
 
+def test_an_unfreeze_variant_has_no_one_rate_and_stays_off_the_clock():
+    from types import SimpleNamespace
+
+    result = {"cpu": "Some CPU", "threads": 2, "torch": "9", "date": "2026-12-07",
+              "variants": {"learned": {"median_tok_s": 1500.0}, "w2v-unfreeze": {"median_tok_s": 4000.0}}}
+    configs = {"learned": SimpleNamespace(head="fixed"), "w2v-unfreeze": SimpleNamespace(head="unfreeze")}
+    clock = Clock.from_bench(result, configs)
+    assert clock == Clock({"learned": 1500.0}, "Some CPU, 2 threads, torch 9, 2026-12-07")
+
+
 def test_a_step_time_file_round_trips_and_a_damaged_one_is_refused(tmp_path: Path):
     clock = Clock({"learned": 1503.5, "word2vec-top2000": 2790.25}, "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07")
     clock.save(tmp_path / STEP_TIMES)

@@ -149,7 +149,7 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
         atomic.write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.save:
         path = recipe.results / STEP_TIMES
-        Clock.from_bench(result).save(path)
+        Clock.from_bench(result, configs).save(path)
         print(f"written: {path} (lmfix run {args.recipe} rewrites the report with it)")
 
 
