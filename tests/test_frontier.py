@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,9 @@ def test_bench_recipe_save_gives_the_recipe_one_clock(tmp_path: Path, tiny_corpu
     assert {e.kind for e in events} == {"skip"}
     assert f"({clock.machine}; evaluation not counted)" in after.table and "wall-clock" not in after.table
     assert run_recipe(load_recipe(folder), output=tmp_path / "out").table == after.table
-    # a damaged clock is a one-line error, not a report timed on nothing
+    # a damaged clock is a one-line error, not a report timed on nothing, and it comes before any training
     (folder / "results" / STEP_TIMES).write_text("{")
-    assert main(["run", str(folder), "--no-progress"]) == 2
+    shutil.rmtree(folder / "results" / "rank")  # a run still to train
+    assert main(["run", str(folder), "--output", str(tmp_path / "fresh"), "--no-progress"]) == 2
     assert "--save" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "fresh" / "rank").exists()

@@ -64,9 +64,6 @@ class Clock:
                              "RECIPE --save")
         return clock
 
-    def covers(self, runs: list) -> bool:
-        return all(group_name(r.name) in self.tok_s for r in runs)
-
     def seconds(self, run, tokens: float) -> float:
         return tokens / self.tok_s[group_name(run.name)]
 
@@ -112,9 +109,9 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def usable(clock: Clock | None, runs: list) -> Clock | None:
+def _usable(clock: Clock | None, runs: list) -> Clock | None:
     """``clock`` when it times every run's variant: one clock for all, never two mixed in a table."""
-    return clock if clock is not None and clock.covers(runs) else None
+    return clock if clock is not None and all(group_name(r.name) in clock.tok_s for r in runs) else None
 
 
 def _time_note(clock: Clock | None, runs: list, given: Clock | None) -> str:
@@ -131,8 +128,6 @@ def _time_note(clock: Clock | None, runs: list, given: Clock | None) -> str:
 def time_to_target(groups: dict[str, list], base_group: list, clock: Clock | None = None) -> str | None:
     """The time-to-target table (markdown), or None without a learned baseline trained for whole epochs;
     times on ``clock`` when it covers every run."""
-    runs = [r for members in groups.values() for r in members]
-    used = usable(clock, runs)
     if not base_group:
         return None
     bases = {r.config.seed: r for r in base_group}
@@ -140,6 +135,8 @@ def time_to_target(groups: dict[str, list], base_group: list, clock: Clock | Non
     epochs = sorted({e for t in targets.values() for e in t})
     if not epochs:
         return None
+    runs = [r for members in groups.values() for r in members]
+    used = _usable(clock, runs)
     header = " | ".join(f"to learned's {e}-epoch valid ppl" for e in epochs)
     lines = [f"| group | seeds | {header} |", "|" + "---|" * (len(epochs) + 2)]
     for name, members in groups.items():
@@ -171,7 +168,7 @@ def frontier_plots(runs: list, out_dir: Path, clock: Clock | None = None) -> lis
     if not tested:
         return []
     params = [(r, r.summary["params"]["trainable"]) for r in tested]
-    used = usable(clock, tested)
+    used = _usable(clock, tested)
     if used:
         seconds = [(r, used.seconds(r, r.summary["tokens"])) for r in tested]
         xlabel = f"training minutes at the step times lmfix bench recipe measured ({used.machine})"

@@ -306,6 +306,9 @@ def run_recipe(
     as_written = keep_results and not overrides
     if as_written:
         _check_records(recipe)
+    # the recipe's committed clock (lmfix bench recipe --save), checked before anything trains
+    step_times = recipe.results / STEP_TIMES
+    clock = Clock.load(step_times) if recipe.frontier and as_written and step_times.is_file() else None
     split, batch_size = recipe.evaluate.get("split", "test"), recipe.evaluate.get("batch_size")
     compared = []
     for name, variant, seeded in recipe.runs():
@@ -341,8 +344,6 @@ def run_recipe(
         missing = unfinished(recipe)
         compared = [recipe.record(name) for name, _, _ in recipe.full.runs() if name not in missing]
     # the recipe's own variants may differ in more than the matrix (an ablation): the table says how
-    step_times = recipe.results / STEP_TIMES  # the recipe's committed clock (lmfix bench recipe --save)
-    clock = Clock.load(step_times) if recipe.frontier and as_written and step_times.is_file() else None
     table, plots = compare_runs(compared, report_dir, mixed=True, frontier=recipe.frontier, clock=clock)
     report = report_dir / REPORT
     atomic.write_text(report, _report(recipe.full, table, plots, report_dir, missing))
