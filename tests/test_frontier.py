@@ -69,24 +69,42 @@ def test_time_to_target_in_tokens_and_minutes(tiny_corpus_dir: Path):
     assert "(Some CPU, 2 threads, torch 9, 2026-12-07; evaluation not counted)" in table
     # a clock that misses a variant is not used at all: never two clocks in one table
     table = time_to_target(groups([learned, fixed]), [learned], Clock({"learned": 4000.0}, "Some CPU"))
-    assert "1.00M tok, 2.5 min" in table and "(the step-time file has no word2vec)" in table
+    assert "1.00M tok, 2.5 min" in table and "(the step-time file does not time word2vec)" in table
 
 
-def test_an_unfreeze_variant_has_no_one_rate_and_stays_off_the_clock():
-    from types import SimpleNamespace
+def test_an_unfreeze_run_is_timed_at_two_rates_split_at_its_switch(tiny_corpus_dir: Path):
+    from dataclasses import replace
 
-    result = {"cpu": "Some CPU", "threads": 2, "torch": "9", "date": "2026-12-07",
-              "variants": {"learned": {"median_tok_s": 1500.0}, "w2v-unfreeze": {"median_tok_s": 4000.0}}}
-    configs = {"learned": SimpleNamespace(head="fixed"), "w2v-unfreeze": SimpleNamespace(head="unfreeze")}
-    clock = Clock.from_bench(result, configs)
-    assert clock == Clock({"learned": 1500.0}, "Some CPU, 2 threads, torch 9, 2026-12-07")
+    learned = finished(synthetic(tiny_corpus_dir, "learned-seed1", "learned", 1, 120.0, metrics=curve(
+        [(1_000_000, 300, 300.0), (2_000_000, 600, 200.0)])), 2_000_000, 2, 7_000_000, 600)
+    late = finished(synthetic(tiny_corpus_dir, "w2v-unfreeze-seed1", "word2vec", 1, 125.0, metrics=curve(
+        [(800_000, 100, 299.0), (1_600_000, 250, 199.0)])), 2_000_000, 2, 7_000_000, 400)
+    late.config = replace(late.config, head="unfreeze", unfreeze_at=0.25)
+    clock = Clock({"learned": 2000.0, "w2v-unfreeze": 5000.0}, "Some CPU", {"w2v-unfreeze": 2500.0})
+    # the switch is at 0.25 of its 2M-token budget: 500k tokens at the frozen rate, the rest at the learned one
+    assert clock.seconds(late, 400_000) == 80.0
+    assert clock.seconds(late, 800_000) == 500_000 / 5000 + 300_000 / 2500
+    table = time_to_target(groups([learned, late]), [learned], clock)
+    assert "| w2v-unfreeze | 1 | 800k tok, 3.7 min | 1.60M tok, 9.0 min |" in table and "(Some CPU;" in table
+    # without the rate after the switch, or where a run's budget (so its switch) is unknown, wall-clock for all
+    assert "(the step-time file does not time w2v-unfreeze)" in time_to_target(
+        groups([learned, late]), [learned], Clock(clock.tok_s, "Some CPU"))
+    late.summary["stop_reason"] = "time_budget"
+    assert not clock.covers(late) and "does not time w2v-unfreeze" in time_to_target(
+        groups([learned, late]), [learned], clock)
 
 
 def test_a_step_time_file_round_trips_and_a_damaged_one_is_refused(tmp_path: Path):
-    clock = Clock({"learned": 1503.5, "word2vec-top2000": 2790.25}, "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07")
+    clock = Clock({"learned": 1503.5, "word2vec-top2000": 2790.25, "w2v-unfreeze": 4000.0},
+                  "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07", {"w2v-unfreeze": 1400.0})
     clock.save(tmp_path / STEP_TIMES)
     assert Clock.load(tmp_path / STEP_TIMES) == clock
-    for text in ("{", '{"machine": "x"}', '{"machine": "x", "tok_s": {"learned": 0}}', '{"tok_s": [1]}'):
+    # a file from before the unfreeze rates (none there) still loads
+    (tmp_path / STEP_TIMES).write_text('{"machine": "x", "tok_s": {"learned": 1.5}}')
+    assert Clock.load(tmp_path / STEP_TIMES) == Clock({"learned": 1.5}, "x")
+    for text in ("{", '{"machine": "x"}', '{"machine": "x", "tok_s": {"learned": 0}}', '{"tok_s": [1]}',
+                 '{"machine": "x", "tok_s": {"a": 1}, "after_unfreeze": {"a": -1}}',
+                 '{"machine": "x", "tok_s": {"a": 1}, "after_unfreeze": [2]}'):
         (tmp_path / STEP_TIMES).write_text(text)
         with pytest.raises(LmfixError, match="lmfix bench recipe RECIPE --save$"):
             Clock.load(tmp_path / STEP_TIMES)
@@ -140,17 +158,24 @@ def test_bench_recipe_times_each_variant_with_its_parameters(tmp_path: Path, tin
 
     folder = tiny_recipe(tmp_path / "r", tiny_corpus_dir, {
         "learned": '[train]\nembed = "learned"\n',
-        "rank": '[train]\nembed = "orthogonal"\nhead = "low-rank"\nhead_rank = 2\n'}, "seeds = [3, 4]\n")
+        "rank": '[train]\nembed = "orthogonal"\nhead = "low-rank"\nhead_rank = 2\n',
+        "late": '[train]\nembed = "orthogonal"\nhead = "unfreeze"\nunfreeze_at = 0.5\n'}, "seeds = [3, 4]\n")
     out = tmp_path / "bench.json"
     assert main(["bench", "recipe", str(folder), "--rounds", "1", "--steps", "2", "--warmup", "1",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    result = json.loads(out.read_text())["variants"]
-    assert list(result) == ["learned", "rank"] and all(r["steps"] == 2 and r["median_step_ms"] > 0
-                                                       for r in result.values())
-    # the learned model trains its V x d matrix, the low-rank one stores it frozen and trains (V + d) x 2 and alpha
     v, d = 61, 16
+    saved = json.loads(out.read_text())
+    result = saved["variants"]
+    assert list(result) == ["learned", "rank", "late"] and all(r["steps"] == 2 and r["median_step_ms"] > 0
+                                                               for r in result.values())
+    # the learned model trains its V x d matrix, the low-rank one stores it frozen and trains (V + d) x 2 and alpha
     assert result["learned"]["params"]["trainable"] - result["rank"]["params"]["trainable"] == v * d - (v + d) * 2 - 1
+    # the unfreeze variant is timed twice: frozen (before its switch) and with all of E learned (after it)
+    after = saved["after_unfreeze"]
+    assert list(after) == ["late"] and after["late"]["steps"] == 2
+    assert after["late"]["params"]["trainable"] == result["late"]["params"]["trainable"] + v * d
+    assert "late, unfrozen" in printed
     assert result["rank"]["params"]["stored"] == result["rank"]["params"]["trainable"] + v * d
     assert "rank" in printed and f"{result['rank']['params']['trainable']:,}" in printed
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmfix import atomic
@@ -34,38 +34,60 @@ STEP_TIMES = "step_times.json"  # a recipe's clock, in its results/ folder (lmfi
 
 @dataclass(frozen=True)
 class Clock:
-    """Training tokens per second of each variant, measured side by side on one machine."""
+    """Training tokens per second of each variant, measured side by side on one machine. A ``--head unfreeze``
+    variant has two: its frozen head's rate before the switch (``tok_s``) and a learned E's after it
+    (``after_unfreeze``)."""
 
     tok_s: dict[str, float]
     machine: str  # where and when: "AMD EPYC, 2 threads, torch 2.13.0, 2026-12-07"
+    after_unfreeze: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_bench(cls, result: dict, configs: dict) -> Clock:
-        """From ``bench_configs``' result for ``configs``. A ``--head unfreeze`` variant steps at the frozen
-        head's speed before its switch and the learned head's after: no one rate, so it is left out (its runs
-        are then timed by wall-clock, with every other run, and the report says which variant was missing)."""
+    def from_bench(cls, result: dict) -> Clock:
+        """From ``bench_configs``' result."""
         machine = f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, {result['date']}"
-        return cls({name: r["median_tok_s"] for name, r in result["variants"].items()
-                    if configs[name].head != "unfreeze"}, machine)
+        return cls({name: r["median_tok_s"] for name, r in result["variants"].items()}, machine,
+                   {name: r["median_tok_s"] for name, r in result["after_unfreeze"].items()})
 
     def save(self, path: Path) -> None:
-        atomic.write_text(path, json.dumps({"machine": self.machine, "tok_s": self.tok_s}, indent=2) + "\n")
+        raw = {"machine": self.machine, "tok_s": self.tok_s, "after_unfreeze": self.after_unfreeze}
+        atomic.write_text(path, json.dumps(raw, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Clock:
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
-            clock = cls({str(k): float(v) for k, v in raw["tok_s"].items()}, str(raw["machine"]))
+            clock = cls({str(k): float(v) for k, v in raw["tok_s"].items()}, str(raw["machine"]),
+                        {str(k): float(v) for k, v in raw.get("after_unfreeze", {}).items()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise LmfixError(f"{path} is not a step-time file lmfix wrote ({e}); write it again with "
                              "lmfix bench recipe RECIPE --save") from None
-        if not all(v > 0 for v in clock.tok_s.values()):
+        if not all(v > 0 for v in [*clock.tok_s.values(), *clock.after_unfreeze.values()]):
             raise LmfixError(f"{path} has a rate that is not positive; write it again with lmfix bench recipe "
                              "RECIPE --save")
         return clock
 
+    def covers(self, run) -> bool:
+        """Whether this clock times ``run``: its variant's rate, and for ``--head unfreeze`` the rate after the
+        switch and where the switch was (a run that stopped on its time budget does not say)."""
+        group = group_name(run.name)
+        if run.config.head != "unfreeze":
+            return group in self.tok_s
+        return group in self.tok_s and group in self.after_unfreeze and _switch_tokens(run) is not None
+
     def seconds(self, run, tokens: float) -> float:
-        return tokens / self.tok_s[group_name(run.name)]
+        group = group_name(run.name)
+        if run.config.head != "unfreeze":
+            return tokens / self.tok_s[group]
+        frozen = min(tokens, _switch_tokens(run))
+        return frozen / self.tok_s[group] + (tokens - frozen) / self.after_unfreeze[group]
+
+
+def _switch_tokens(run) -> float | None:
+    """Training tokens at a ``--head unfreeze`` run's switch (``unfreeze_at`` of its budget, to within a step),
+    when its summary says what its budget was: all its epochs trained, or stopped at --max-tokens."""
+    budget = {"epochs": run.summary["tokens"], "max_tokens": run.config.max_tokens}.get(run.summary.get("stop_reason"))
+    return run.config.unfreeze_at * budget if budget else None
 
 
 def _learned(run) -> bool:
@@ -110,8 +132,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _usable(clock: Clock | None, runs: list) -> Clock | None:
-    """``clock`` when it times every run's variant: one clock for all, never two mixed in a table."""
-    return clock if clock is not None and all(group_name(r.name) in clock.tok_s for r in runs) else None
+    """``clock`` when it times every run: one clock for all, never two mixed in a table."""
+    return clock if clock is not None and all(clock.covers(r) for r in runs) else None
 
 
 def _time_note(clock: Clock | None, runs: list, given: Clock | None) -> str:
@@ -119,8 +141,8 @@ def _time_note(clock: Clock | None, runs: list, given: Clock | None) -> str:
         return (f"Time: training tokens at each variant's step time as lmfix bench recipe measured it, every variant "
                 f"side by side ({clock.machine}; evaluation not counted), so runs trained on other machines are "
                 "timed alike.")
-    lacking = sorted({group_name(r.name) for r in runs} - set(given.tok_s)) if given else []
-    why = f" (the step-time file has no {', '.join(lacking)})" if lacking else ""
+    lacking = sorted({group_name(r.name) for r in runs if not given.covers(r)}) if given else []
+    why = f" (the step-time file does not time {', '.join(lacking)})" if lacking else ""
     return (f"Time: training wall-clock as each run measured it{why}: compare it between runs trained on the same "
             "machine only, or time every variant with lmfix bench recipe --save.")
 

@@ -131,10 +131,13 @@ def _plain_stepper(base: TrainConfig, data: torch.Tensor, vocab_size: int, preci
 
 
 def _lmfix_stepper(config: TrainConfig, run_dir: Path, device: torch.device,
-                   counts: dict | None = None) -> Callable[[], int]:
+                   counts: dict | None = None, unfrozen: bool = False) -> Callable[[], int]:
     """``lmfix train``'s step (``Trainer.train_step``) of ``config``; each returns the tokens it trained on.
-    ``counts``: filled with the model's parameter counts."""
+    ``counts``: filled with the model's parameter counts. ``unfrozen``: a ``--head unfreeze`` config's step
+    after its switch (all of E learned)."""
     trainer = Trainer(config, run_dir, Dist(), device, lambda event: None)
+    if unfrozen:
+        trainer.unfreeze()
     if counts is not None:
         counts.update(trainer.model.counts().to_dict())
     trainer.state = trainer.model.init_state(config.batch_size)
@@ -237,23 +240,36 @@ def bench_configs(configs: dict[str, TrainConfig], rounds: int = 3, steps: int =
                   progress: Callable[[str], None] = lambda line: None) -> dict:
     """Step time of each named training config (a recipe's variants: ``lmfix bench recipe``), each exactly as
     ``lmfix train`` steps it (its own dropout, head and precision), timed round-robin in one process, with
-    its trained and stored parameters."""
+    its trained and stored parameters. A ``--head unfreeze`` config steps at two speeds, the frozen head's
+    before its switch (under ``variants``) and a learned E's after it (under ``after_unfreeze``): both are
+    timed."""
     devices = {resolve_device(c.device) for c in configs.values()}
     if len(devices) != 1:
         raise ConfigError("the configs to time run on different devices; time them on one")
     device = devices.pop()
-    counts: dict[str, dict] = {name: {} for name in configs}
+    two_speed = [name for name, config in configs.items() if config.head == "unfreeze"]
+    counts: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="lmfix-bench-") as tmp:
         steppers = {}
         for name, config in configs.items():
             progress(f"building {name}")
-            steppers[name] = _lmfix_stepper(config, Path(tmp) / name, device, counts[name])
+            steppers[name] = _lmfix_stepper(config, Path(tmp) / name, device, counts.setdefault(name, {}))
+            if name in two_speed:
+                after = _after_unfreeze(name)
+                steppers[after] = _lmfix_stepper(config, Path(tmp) / after, device, counts.setdefault(after, {}),
+                                                 unfrozen=True)
         results = _round_robin(steppers, rounds, steps, warmup, device, progress)
     for name, result in results.items():
         result["params"] = counts[name]
+    after_unfreeze = {name: results.pop(_after_unfreeze(name)) for name in two_speed}
     processor = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device), "cpu": processor,
-            "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "steps": steps, "variants": results}
+            "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "steps": steps, "variants": results,
+            "after_unfreeze": after_unfreeze}
+
+
+def _after_unfreeze(name: str) -> str:
+    return f"{name} (after unfreeze)"
 
 
 def _profile(step: Callable[[], int], steps: int, device: torch.device) -> dict:

@@ -118,7 +118,7 @@ class Trainer:
         rest = [p for p in self.params if not (scaled and p is alpha) and not any(p is q for q in late)]
         groups = [{"params": rest}]
         groups += [{"params": [alpha], "lr_scale": abs(self.cfg.alpha) or 1.0}] if scaled else []
-        groups += [{"params": late}] if late else []  # as added at the switch (``_unfreeze``): resumes match
+        groups += [{"params": late}] if late else []  # as added at the switch (``unfreeze``): resumes match
         if kind == "sgd":
             return torch.optim.SGD(groups, lr=self.lr, weight_decay=wd)
         if kind == "averaged":  # NT-ASGD after the switch, as AWD-LSTM
@@ -132,11 +132,17 @@ class Trainer:
         head = self.model.head
         return [head.top] if getattr(head, "unfrozen", False) else []
 
-    def _unfreeze(self) -> None:
-        """--head unfreeze: at ``unfreeze_at`` of the budget, all of E becomes a parameter of the optimizer
-        (its own group: the others keep their state) and, under torchrun, of DDP."""
+    def _unfreeze_when_due(self) -> None:
+        """--head unfreeze: the switch, once ``unfreeze_at`` of the budget is trained."""
+        if self.cfg.head == "unfreeze" and self.tokens >= self.cfg.unfreeze_at * self.total_tokens:
+            self.unfreeze()
+
+    def unfreeze(self) -> None:
+        """--head unfreeze's switch (``lmfix bench recipe`` also makes it, to time the steps after it): all of E
+        becomes a parameter of the optimizer (its own group: the others keep their state) and, under torchrun,
+        of DDP. Once only."""
         head = self.model.head
-        if self.cfg.head != "unfreeze" or head.unfrozen or self.tokens < self.cfg.unfreeze_at * self.total_tokens:
+        if head.unfrozen:
             return
         self.optimizer.add_param_group({"params": [head.unfreeze()]})
         self._track_params()
@@ -182,7 +188,7 @@ class Trainer:
             if self.state is None:
                 self.state = self.model.init_state(self.cfg.batch_size)
             for x, y in self.stream:
-                self._unfreeze()
+                self._unfreeze_when_due()
                 self.train_step(x, y)
                 reason = self._stop_reason()
                 validate = self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0
