@@ -141,10 +141,11 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
     result = bench_configs(configs, **timing, progress=lambda line: print(line, file=sys.stderr))
     print(f"{recipe.name}: {result['threads']} threads, torch {result['torch']}, {result['device']}, "
           f"medians of {result['rounds']} x {result['steps']} steps")
-    print(f"{'variant':<24} {'trained':>11} {'stored':>11} {'median ms/step':>15} {'tok/s':>8}")
-    rows = list(result["variants"].items()) + [(f"{name}, unfrozen", r) for name, r in result["after_unfreeze"].items()]
+    rows = [*result["variants"].items(), *((f"{name}, unfrozen", r) for name, r in result["after_unfreeze"].items())]
+    width = max(len("variant"), *(len(name) for name, _ in rows))
+    print(f"{'variant':<{width}} {'trained':>11} {'stored':>11} {'median ms/step':>15} {'tok/s':>8}")
     for name, r in rows:
-        print(f"{name:<24} {r['params']['trainable']:>11,} {r['params']['stored']:>11,} "
+        print(f"{name:<{width}} {r['params']['trainable']:>11,} {r['params']['stored']:>11,} "
               f"{r['median_step_ms']:>15,.1f} {r['median_tok_s']:>8,.0f}")
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=2) + "\n")
