@@ -71,9 +71,9 @@ class Clock:
         """Whether this clock times ``run``: its variant's rate, and for ``--head unfreeze`` the rate after the
         switch and where the switch was (a run that stopped on its time budget does not say)."""
         group = group_name(run.name)
-        if run.config.head != "unfreeze":
-            return group in self.tok_s
-        return group in self.tok_s and group in self.after_unfreeze and _switch_tokens(run) is not None
+        if run.config.head == "unfreeze" and (group not in self.after_unfreeze or _switch_tokens(run) is None):
+            return False
+        return group in self.tok_s
 
     def seconds(self, run, tokens: float) -> float:
         group = group_name(run.name)

@@ -255,21 +255,22 @@ def bench_configs(configs: dict[str, TrainConfig], rounds: int = 3, steps: int =
             progress(f"building {name}")
             steppers[name] = _lmfix_stepper(config, Path(tmp) / name, device, counts.setdefault(name, {}))
             if name in two_speed:
-                after = _after_unfreeze(name)
+                after = unfrozen_name(name)
                 steppers[after] = _lmfix_stepper(config, Path(tmp) / after, device, counts.setdefault(after, {}),
                                                  unfrozen=True)
         results = _round_robin(steppers, rounds, steps, warmup, device, progress)
     for name, result in results.items():
         result["params"] = counts[name]
-    after_unfreeze = {name: results.pop(_after_unfreeze(name)) for name in two_speed}
+    after_unfreeze = {name: results.pop(unfrozen_name(name)) for name in two_speed}
     processor = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device), "cpu": processor,
             "date": time.strftime("%Y-%m-%d"), "rounds": rounds, "steps": steps, "variants": results,
             "after_unfreeze": after_unfreeze}
 
 
-def _after_unfreeze(name: str) -> str:
-    return f"{name} (after unfreeze)"
+def unfrozen_name(name: str) -> str:
+    """How a ``--head unfreeze`` variant's step after its switch is named in progress lines and tables."""
+    return f"{name}, unfrozen"
 
 
 def _profile(step: Callable[[], int], steps: int, device: torch.device) -> dict:

@@ -128,7 +128,7 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
 
     from lmfix import atomic
     from lmfix.analysis.frontier import STEP_TIMES, Clock
-    from lmfix.bench.train import bench_configs
+    from lmfix.bench.train import bench_configs, unfrozen_name
     from lmfix.recipes.runner import load_recipe, variant_configs
 
     recipe = load_recipe(args.recipe)
@@ -141,7 +141,7 @@ def cmd_bench_recipe(args: argparse.Namespace) -> None:
     result = bench_configs(configs, **timing, progress=lambda line: print(line, file=sys.stderr))
     print(f"{recipe.name}: {result['threads']} threads, torch {result['torch']}, {result['device']}, "
           f"medians of {result['rounds']} x {result['steps']} steps")
-    rows = [*result["variants"].items(), *((f"{name}, unfrozen", r) for name, r in result["after_unfreeze"].items())]
+    rows = [*result["variants"].items(), *((unfrozen_name(name), r) for name, r in result["after_unfreeze"].items())]
     width = max(len("variant"), *(len(name) for name, _ in rows))
     print(f"{'variant':<{width}} {'trained':>11} {'stored':>11} {'median ms/step':>15} {'tok/s':>8}")
     for name, r in rows:
