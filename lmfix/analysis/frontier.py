@@ -193,7 +193,7 @@ def frontier_plots(runs: list, out_dir: Path, clock: Clock | None = None) -> lis
     used = _usable(clock, tested)
     if used:
         seconds = [(r, used.seconds(r, r.summary["tokens"])) for r in tested]
-        xlabel = f"training minutes at the step times lmfix bench recipe measured\n({used.machine})"  # two lines: fits
+        xlabel = f"training minutes at the step times lmfix bench recipe measured\n({used.machine})"  # the machine on a line of its own: one line was cut off
     else:
         seconds = [(r, r.summary["wall_seconds"]) for r in tested]
         xlabel = "training wall-clock, as each run measured it (minutes)"
